@@ -1,0 +1,73 @@
+"""Service settings, read from the environment (and an optional `.env`) once per process."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret", "placeholder"}
+DEV_PROVISION_SECRET = "dev-secret"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=PROJECT_ROOT / ".env", env_ignore_empty=True, extra="ignore"
+    )
+
+    # Where the data lives. Unset: the embedded PostgreSQL under DATA_DIR is started and used.
+    database_url: str | None = None
+    data_dir: Path = PROJECT_ROOT / ".data"
+    database_name: str = "iot"
+
+    # dev mode allows the well-known development provisioning secret.
+    dev_mode: bool = False
+    provision_secret: str = Field(default=DEV_PROVISION_SECRET, repr=False)
+
+    # Request limits: bigger bodies are refused (413) before anything is stored.
+    max_body_bytes: int = 4 * 1024 * 1024
+    max_inflated_bytes: int = 16 * 1024 * 1024
+    max_batch_items: int = 10_000
+
+    # Validation windows.
+    max_clock_skew_seconds: float = 300.0
+    startup_replay_window_seconds: float = 24 * 3600.0
+    failed_startups_per_serial: int = 5
+    failed_startup_window_seconds: float = 60.0
+
+    # Write path: writers share a pool; each gathers requests for up to the window (group commit).
+    pool_min_size: int = 2
+    pool_max_size: int = 8
+    writers: int = 4
+    group_commit_window_ms: float = 2.0
+    group_commit_max_items: int = 5_000
+    # A request waits at most this long for the database before it gets 503 + Retry-After.
+    request_timeout_seconds: float = 10.0
+    retry_after_seconds: int = 1
+
+    record_type_refresh_seconds: float = 30.0
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_secret(self) -> Self:
+        if not self.dev_mode and self.provision_secret.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError(
+                "PROVISION_SECRET is unset or a placeholder; set a real secret, or DEV_MODE=1 for development"
+            )
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+def dev_environment() -> dict[str, str]:
+    """Environment for the local commands (`make up`, the test suite): dev mode unless told otherwise."""
+    env = dict(os.environ)
+    env.setdefault("DEV_MODE", "1")
+    return env

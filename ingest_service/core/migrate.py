@@ -1,0 +1,40 @@
+"""Apply the versioned, additive migrations with Alembic."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, pool
+
+from ingest_service.core.database import DatabaseTarget, ensure_database
+
+MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "migrations"
+
+
+def alembic_config(target: DatabaseTarget) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", target.sqlalchemy_url.replace("%", "%%"))
+    return config
+
+
+def upgrade(target: DatabaseTarget) -> None:
+    ensure_database(target)
+    command.upgrade(alembic_config(target), "head")
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config(DatabaseTarget("postgresql://x@/x", False))).get_current_head()
+
+
+def current_revision(target: DatabaseTarget) -> str | None:
+    engine = create_engine(target.sqlalchemy_url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn, opts={"version_table_schema": "ingest"}).get_current_revision()
+    finally:
+        engine.dispose()

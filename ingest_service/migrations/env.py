@@ -1,0 +1,21 @@
+"""Alembic environment: migrations are plain SQL, run against the URL `ingest_service.core.migrate` passes."""
+
+from alembic import context
+from sqlalchemy import create_engine, pool
+
+SCHEMA = "ingest"
+
+url = context.config.get_main_option("sqlalchemy.url")
+engine = create_engine(url, poolclass=pool.NullPool)
+with engine.connect() as connection:
+    connection.exec_driver_sql(f"create schema if not exists {SCHEMA}")
+    connection.commit()
+    context.configure(
+        connection=connection,
+        version_table="alembic_version",
+        version_table_schema=SCHEMA,
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+engine.dispose()
