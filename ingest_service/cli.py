@@ -1,0 +1,104 @@
+"""`iot-platform`: one entry point for the platform's pieces."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ingest_service.core.config import PROJECT_ROOT, Settings
+from ingest_service.core.database import (
+    DatabaseTarget,
+    embedded_data_dir,
+    resolve_target,
+    stop_embedded,
+    tool_environment,
+)
+
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+
+
+def _settings() -> Settings:
+    # The local commands run in dev mode unless the environment says otherwise.
+    os.environ.setdefault("DEV_MODE", "1")
+    return Settings()
+
+
+def _target() -> DatabaseTarget:
+    return resolve_target(_settings())
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.action == "stop":
+        stopped = stop_embedded(settings)
+        print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+        return 0
+    target = resolve_target(settings)
+    if args.action == "url":
+        print(target.url)
+    elif args.action == "env":
+        for key, value in tool_environment(target, base={}).items():
+            print(f"export {key}={value!r}")
+    else:
+        where = f"embedded, data in {embedded_data_dir(settings)}" if target.embedded else "DATABASE_URL"
+        print(f"PostgreSQL ready ({where}): {target.url}")
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ingest_service.core import migrate
+
+    target = _target()
+    migrate.upgrade(target)
+    print(f"migrated {target.parts['dbname']} to {migrate.current_revision(target)}")
+    return 0
+
+
+def cmd_dbt(args: argparse.Namespace) -> int:
+    target = _target()
+    env = tool_environment(target)
+    env.setdefault("DBT_PROFILES_DIR", str(DBT_PROJECT_DIR))
+    dbt = Path(sys.executable).with_name("dbt")
+    return subprocess.call([str(dbt), *args.dbt_args], cwd=DBT_PROJECT_DIR, env=env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iot-platform", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    db = sub.add_parser("db", help="start the embedded PostgreSQL (or check DATABASE_URL) and print where it is")
+    db.add_argument("action", nargs="?", default="start", choices=["start", "url", "env", "stop"])
+    db.set_defaults(func=cmd_db)
+
+    mig = sub.add_parser("migrate", help="apply the schema migrations to DATABASE_URL (or the embedded server)")
+    mig.set_defaults(func=cmd_migrate)
+
+    dbt = sub.add_parser(
+        "dbt", help="run dbt from dbt_project/ against the configured database", add_help=False
+    )
+    dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
+    dbt.set_defaults(func=cmd_dbt)
+
+    _add_service_commands(sub)
+    return parser
+
+
+def _add_service_commands(sub: argparse._SubParsersAction) -> None:
+    """serve / publish / up: defined beside the processes they start."""
+    from ingest_service import runner
+
+    runner.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Suite-wide fixtures: a real PostgreSQL (embedded by default, DATABASE_URL when set)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest_service.core.database import DatabaseTarget
+from tests.utils.db import build_template, create_fresh_database, drop_database, server_target
+
+os.environ.setdefault("DEV_MODE", "1")
+# dagster-dbt and the end-to-end tests start `dbt`/`iot-platform` from the project's venv.
+_venv_bin = str(Path(__file__).resolve().parents[1] / ".venv" / "bin")
+if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+    os.environ["PATH"] = _venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> DatabaseTarget:
+    """The PostgreSQL server under test (its `postgres` maintenance database)."""
+    return server_target()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_server: DatabaseTarget) -> Iterator[DatabaseTarget]:
+    """The migrated template every fresh test database is copied from."""
+    template = build_template(pg_server)
+    yield template
+    drop_database(pg_server, template.parts["dbname"])
+
+
+@pytest.fixture
+def fresh_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterator[DatabaseTarget]:
+    """A migrated, empty database of its own for one test."""
+    target = create_fresh_database(pg_server)
+    yield target
+    drop_database(pg_server, target.parts["dbname"])
