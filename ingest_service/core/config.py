@@ -16,9 +16,7 @@ DEV_PROVISION_SECRET = "dev-secret"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_file=PROJECT_ROOT / ".env", env_ignore_empty=True, extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_file=PROJECT_ROOT / ".env", env_ignore_empty=True, extra="ignore")
 
     # Where the data lives. Unset: the embedded PostgreSQL under DATA_DIR is started and used.
     database_url: str | None = None

@@ -1,0 +1,44 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from psycopg_pool import PoolTimeout
+
+from ingest_service.api.schemas import Health
+from ingest_service.core.migrate import head_revision
+from ingest_service.core.observability import METRICS
+
+router = APIRouter(tags=["operations"])
+HEAD = head_revision()
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process is up."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+async def readyz(request: Request) -> Response:
+    """The database is reachable and migrated to the schema this build expects."""
+    pool = request.app.state.pool
+    try:
+        async with pool.connection(timeout=2.0) as conn:
+            cur = await conn.execute("select version_num from ingest.alembic_version")
+            row = await cur.fetchone()
+    except (PoolTimeout, Exception) as exc:  # any failure here means: not ready
+        return JSONResponse({"status": "unready", "detail": f"database unreachable: {exc}"[:300]}, 503)
+    if row is None or row[0] != HEAD:
+        return JSONResponse(
+            {"status": "unready", "detail": f"schema at {row and row[0]}, expected {HEAD}"}, 503
+        )
+    return JSONResponse({"status": "ready", "detail": f"schema {HEAD}"})
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics() -> Response:
+    """Prometheus text exposition: requests, items by status and reason, latencies."""
+    return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,151 @@
+"""POST /ingest: telemetry and device_startup events, one object, a JSON array or NDJSON."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from starlette.requests import ClientDisconnect
+
+from ingest_service.api.deps import ServiceDep, SettingsDep
+from ingest_service.api.schemas import DeviceStartupEvent, ItemResultModel, RefusedBody, TelemetryEvent
+from ingest_service.core.observability import METRICS
+from ingest_service.ingest.body import BodyRejected, inflate, split_items
+from ingest_service.ingest.results import SINGLE_ITEM_HTTP_STATUS, RequestMeta
+from ingest_service.ingest.service import DatabaseUnavailable
+
+router = APIRouter(tags=["ingest"])
+
+_event_schema = {
+    "oneOf": [
+        {"$ref": "#/components/schemas/TelemetryEvent"},
+        {"$ref": "#/components/schemas/DeviceStartupEvent"},
+    ]
+}
+REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {
+            "schema": {"oneOf": [_event_schema, {"type": "array", "items": _event_schema, "minItems": 1}]}
+        },
+        "application/x-ndjson": {"schema": {"type": "string", "description": "One JSON event per line"}},
+    },
+}
+_single = {"model": ItemResultModel}
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Stored: one result (single event) or a list of results in input order (batch)",
+        "model": ItemResultModel | list[ItemResultModel],
+    },
+    400: {"description": "The gzip body is corrupt; nothing stored", "model": RefusedBody},
+    401: {"description": "device_startup with a bad provision_token; the body is stored", **_single},
+    413: {
+        "description": "Body, inflated body or item count over the limit; nothing stored",
+        "model": RefusedBody,
+    },
+    415: {"description": "Unsupported Content-Encoding; nothing stored", "model": RefusedBody},
+    422: {"description": "Invalid event (or not JSON at all); the body is stored with its reason", **_single},
+    429: {"description": "Too many failed startups for this serial; the body is stored", **_single},
+    503: {
+        "description": "Database unavailable; nothing stored; retry after Retry-After seconds",
+        "model": RefusedBody,
+    },
+}
+
+
+def _request_id(request: Request) -> str:
+    given = request.headers.get("x-request-id", "")
+    if 0 < len(given) <= 64 and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyRejected(413, "body_too_large", f"body of {declared} bytes exceeds the {limit}-byte limit")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyRejected(413, "body_too_large", f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _refused(status_code: int, reason: str, detail: str, headers: dict[str, str]) -> Response:
+    body = {
+        "raw_id": None,
+        "processed_id": None,
+        "status": "refused" if status_code < 500 else "error",
+        "reason": reason,
+        "detail": detail,
+        "stored": False,
+    }
+    return Response(
+        orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers
+    )
+
+
+@router.post(
+    "/ingest",
+    summary="Ingest telemetry and device_startup events",
+    responses=RESPONSES,
+    openapi_extra={"requestBody": REQUEST_BODY},
+)
+async def ingest(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
+    """Store each event in the ledger, then as a fact, a provisioned device or an error."""
+    started = time.perf_counter()
+    request_id = _request_id(request)
+    headers = {"X-Request-ID": request_id}
+    try:
+        response = await _ingest(request, service, settings, request_id, headers)
+    except BodyRejected as exc:
+        response = _refused(exc.status_code, exc.reason, exc.detail, headers)
+    except DatabaseUnavailable as exc:
+        headers["Retry-After"] = str(settings.retry_after_seconds)
+        response = _refused(
+            503, "database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers
+        )
+    except ClientDisconnect:
+        response = _refused(400, "client_disconnected", "the client closed the connection mid-body", headers)
+    METRICS.requests.labels(str(response.status_code)).inc()
+    METRICS.latency.observe(time.perf_counter() - started)
+    return response
+
+
+async def _ingest(
+    request: Request, service: ServiceDep, settings: SettingsDep, request_id: str, headers: dict[str, str]
+) -> Response:
+    body = await _read_body(request, settings.max_body_bytes)
+    encoding = request.headers.get("content-encoding")
+    body = inflate(body, encoding, settings.max_inflated_bytes)
+    content_type = request.headers.get("content-type")
+    is_batch, items = split_items(body, content_type, settings.max_batch_items)
+    meta = RequestMeta(
+        request_id=request_id,
+        content_type=content_type[:200] if content_type else None,
+        content_encoding=encoding[:50] if encoding else None,
+        remote_addr=request.client.host if request.client else None,
+    )
+    results = await service.ingest(items, meta)
+    for result in results:
+        METRICS.items.labels(result.status, result.reason or "").inc()
+    if is_batch:
+        return Response(
+            orjson.dumps([r.as_dict() for r in results]), media_type="application/json", headers=headers
+        )
+    result = results[0]
+    return Response(
+        orjson.dumps(result.as_dict()),
+        status_code=SINGLE_ITEM_HTTP_STATUS[result.status],
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+# Referenced so the OpenAPI document carries the event schemas the request body points at.
+EVENT_MODELS = (TelemetryEvent, DeviceStartupEvent)

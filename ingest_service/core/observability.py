@@ -1,0 +1,45 @@
+"""Prometheus metrics of the ingest path."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class IngestMetrics:
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.requests = Counter(
+            "ingest_requests", "HTTP requests to /ingest by response status", ["status_code"], registry=r
+        )
+        self.items = Counter(
+            "ingest_items", "Ingested items by outcome status and reason", ["status", "reason"], registry=r
+        )
+        self.latency = Histogram(
+            "ingest_request_duration_seconds",
+            "Time to answer an /ingest request",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "ingest_commit_duration_seconds",
+            "Time to write and commit one group",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.commit_items = Histogram(
+            "ingest_commit_items",
+            "Items per committed group",
+            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000),
+            registry=r,
+        )
+        self.queue_depth = Gauge("ingest_queue_depth", "Requests waiting for a writer", registry=r)
+
+
+METRICS = IngestMetrics()

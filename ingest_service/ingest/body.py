@@ -1,0 +1,141 @@
+"""Turn a request body into ledger items: one per JSON object, array element or NDJSON line.
+
+Nothing here rejects an item: a body that does not parse still becomes an item (kept as text or
+bytes for the ledger) that carries the reason it cannot be processed.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson", "application/json-seq")
+SUPPORTED_ENCODINGS = ("identity", "gzip", "x-gzip")
+UNPARSED = object()
+
+
+class BodyRejected(Exception):
+    """The body is refused as a whole and nothing is stored (413/415): the client keeps and retries it."""
+
+    def __init__(self, status_code: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class BodyItem:
+    """One ledger row to be: exactly one of payload (JSON text for jsonb), text or raw bytes."""
+
+    payload: str | None
+    body_text: str | None
+    body_bytes: bytes | None
+    parsed: Any  # the decoded JSON value, or UNPARSED
+    parse_error: tuple[str, str] | None = None  # (reason, detail) when it is not usable JSON
+
+
+def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
+    encoding = (encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in SUPPORTED_ENCODINGS:
+        raise BodyRejected(
+            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip"
+        )
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, max_inflated + 1)
+    except zlib.error as exc:
+        raise BodyRejected(400, "invalid_gzip", f"body is not valid gzip: {exc}") from exc
+    if len(out) > max_inflated or inflater.unconsumed_tail:
+        raise BodyRejected(
+            413, "inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit"
+        )
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(data: bytes) -> Any:
+    """orjson first; the standard library for what orjson refuses but JSON allows (huge integers)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        text = data.decode("utf-8")  # UnicodeDecodeError is a ValueError: caller reports invalid_json
+        return json.loads(text, parse_constant=_reject_constant)
+
+
+def _text_or_bytes(data: bytes) -> tuple[str | None, bytes | None]:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, data
+    if "\x00" in text:  # PostgreSQL text cannot hold NUL
+        return None, data
+    return text, None
+
+
+def _json_text(value: Any) -> str | None:
+    """Canonical JSON for the jsonb column, or None when jsonb cannot hold it exactly."""
+    try:
+        dumped = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return None  # e.g. integers beyond 64 bits: kept as the original text instead
+    if b"\\u0000" in dumped:  # jsonb rejects NUL in strings
+        return None
+    return dumped.decode()
+
+
+def _item_from_bytes(data: bytes) -> BodyItem:
+    if not data.strip():
+        text, raw = _text_or_bytes(data)
+        return BodyItem(None, text, raw, UNPARSED, ("empty_body", "the body (or line) is empty"))
+    try:
+        parsed = _loads(data)
+    except (ValueError, RecursionError) as exc:
+        text, raw = _text_or_bytes(data)
+        detail = f"not valid JSON: {str(exc)[:200]}"
+        return BodyItem(None, text, raw, UNPARSED, ("invalid_json", detail))
+    payload = _json_text(parsed)
+    if payload is None:
+        text, raw = _text_or_bytes(data)
+        return BodyItem(None, text, raw, parsed)
+    return BodyItem(payload, None, None, parsed)
+
+
+def _item_from_value(value: Any) -> BodyItem:
+    payload = _json_text(value)
+    if payload is not None:
+        return BodyItem(payload, None, None, value)
+    return BodyItem(None, json.dumps(value, ensure_ascii=True, default=str), None, value)
+
+
+def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[bool, list[BodyItem]]:
+    """Return (is_batch, items). NDJSON and JSON arrays are batches; anything else is one item."""
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    if media_type in NDJSON_TYPES:
+        lines = [line for line in body.split(b"\n") if line.strip()]
+        if len(lines) > max_items:
+            raise BodyRejected(413, "too_many_items", f"{len(lines)} items exceed the {max_items}-item limit")
+        if not lines:
+            return False, [_item_from_bytes(body)]
+        return True, [_item_from_bytes(line) for line in lines]
+
+    item = _item_from_bytes(body)
+    if isinstance(item.parsed, list):
+        if len(item.parsed) > max_items:
+            raise BodyRejected(
+                413, "too_many_items", f"{len(item.parsed)} items exceed the {max_items}-item limit"
+            )
+        if not item.parsed:
+            item.parse_error = ("empty_batch", "the JSON array holds no events")
+            return False, [item]
+        return True, [_item_from_value(value) for value in item.parsed]
+    return False, [item]

@@ -1,0 +1,233 @@
+"""The ingest service: validates requests and hands them to writers that commit them in groups.
+
+Group commit: each writer takes the first waiting request, gathers more for up to
+`group_commit_window_ms` (or `group_commit_max_items`), and writes them all in one transaction.
+Every request is answered only after the transaction holding its rows has committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ingest_service.core.config import Settings
+from ingest_service.core.observability import METRICS
+from ingest_service.ingest.body import BodyItem
+from ingest_service.ingest.catalog import RecordTypeCatalog
+from ingest_service.ingest.results import ItemResult, PendingItem, RequestMeta
+from ingest_service.ingest.validation import Rejection, Startup, Telemetry, validate
+from ingest_service.ingest.writer import DeviceCache, write_batch
+
+log = logging.getLogger(__name__)
+CATALOG_MISS_REFRESH_SECONDS = 1.0
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not take the request; nothing of it was stored."""
+
+
+@dataclass
+class _Job:
+    items: list[PendingItem]
+    in_flight: bool = False
+    future: asyncio.Future[list[ItemResult]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class IngestService:
+    def __init__(self, pool: AsyncConnectionPool, settings: Settings) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.catalog = RecordTypeCatalog()
+        self.devices = DeviceCache()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._writers: list[asyncio.Task[None]] = []
+        self._catalog_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        with contextlib.suppress(psycopg.Error, PoolTimeout):
+            await self.refresh_catalog()
+        self._writers = [
+            asyncio.create_task(self._writer_loop(), name=f"ingest-writer-{i}")
+            for i in range(self.settings.writers)
+        ]
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the writers."""
+        while not self._queue.empty():
+            await asyncio.sleep(0.01)
+        for task in self._writers:
+            task.cancel()
+        await asyncio.gather(*self._writers, return_exceptions=True)
+
+    async def refresh_catalog(self) -> None:
+        async with (
+            self._catalog_lock,
+            self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn,
+        ):
+            await self.catalog.refresh(conn)
+
+    async def _catalog_for(self, items: list[BodyItem]) -> None:
+        """Reload record types when they are stale, or when a request names a type we do not know."""
+        stale = self.catalog.age() > self.settings.record_type_refresh_seconds
+        unknown = any(
+            isinstance(item.parsed, dict)
+            and isinstance(item.parsed.get("event_type"), str)
+            and item.parsed["event_type"] != "device_startup"
+            and self.catalog.get(item.parsed["event_type"]) is None
+            for item in items
+        )
+        if stale or (unknown and self.catalog.age() > CATALOG_MISS_REFRESH_SECONDS):
+            try:
+                await self.refresh_catalog()
+            except (psycopg.Error, PoolTimeout) as exc:
+                if not len(self.catalog):
+                    raise DatabaseUnavailable(str(exc)) from exc
+
+    def classify(self, items: list[BodyItem], meta: RequestMeta) -> list[PendingItem]:
+        now = time.time()
+        s = self.settings
+        pending = []
+        for index, item in enumerate(items):
+            if item.parse_error is not None:
+                reason, detail = item.parse_error
+                outcome: Telemetry | Startup | Rejection = Rejection("invalid", reason, detail)
+            else:
+                outcome = validate(
+                    item.parsed,
+                    self.catalog,
+                    secret=s.provision_secret,
+                    now=now,
+                    max_skew=s.max_clock_skew_seconds,
+                    replay_window=s.startup_replay_window_seconds,
+                )
+            pending.append(PendingItem(meta, index, item, outcome))
+        return pending
+
+    async def ingest(self, items: list[BodyItem], meta: RequestMeta) -> list[ItemResult]:
+        await self._catalog_for(items)
+        job = _Job(self.classify(items, meta))
+        self._queue.put_nowait(job)
+        METRICS.queue_depth.set(self._queue.qsize())
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), self.settings.request_timeout_seconds)
+        except TimeoutError as exc:
+            if job.in_flight:
+                # Its transaction is running (bounded by statement_timeout): the answer must say
+                # what it did, so wait for it rather than tell the client to retry.
+                return await job.future
+            # Writers skip cancelled jobs: a request that timed out in the queue is never stored
+            # after its client was told to retry.
+            job.future.cancel()
+            raise DatabaseUnavailable("timed out waiting for the database") from exc
+
+    async def _gather(self) -> list[_Job]:
+        first = await self._queue.get()
+        jobs, count = [first], len(first.items)
+        deadline = time.monotonic() + self.settings.group_commit_window_ms / 1000
+        while count < self.settings.group_commit_max_items:
+            if self._queue.empty():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                job = self._queue.get_nowait()
+            jobs.append(job)
+            count += len(job.items)
+        METRICS.queue_depth.set(self._queue.qsize())
+        live = [job for job in jobs if not job.future.done()]
+        for job in live:
+            job.in_flight = True
+        return live
+
+    async def _writer_loop(self) -> None:
+        while True:
+            jobs = await self._gather()
+            if jobs:
+                await self._commit(jobs)
+
+    async def _commit(self, jobs: list[_Job]) -> None:
+        items = [item for job in jobs for item in job.items]
+        started = time.perf_counter()
+        try:
+            results = await self._write(items)
+        except DatabaseUnavailable as exc:
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        except Exception:
+            if len(jobs) > 1:  # isolate the request that fails from the others in its group
+                for job in jobs:
+                    await self._commit([job])
+                return
+            log.exception("write failed; storing the request's items as errors")
+            results = await self._store_as_errors(items)
+            if results is None:
+                self._fail(jobs, DatabaseUnavailable("the database refused the request"))
+                return
+        METRICS.commit_seconds.observe(time.perf_counter() - started)
+        METRICS.commit_items.observe(len(items))
+        offset = 0
+        for job in jobs:
+            n = len(job.items)
+            if not job.future.done():
+                job.future.set_result(results[offset : offset + n])
+            offset += n
+
+    @staticmethod
+    def _fail(jobs: list[_Job], exc: Exception) -> None:
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(exc)
+
+    async def _write(self, items: list[PendingItem]) -> list[ItemResult]:
+        for attempt in (1, 2):
+            try:
+                async with self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn:
+                    async with conn.transaction():
+                        results, touched = await write_batch(conn, items, self.devices)
+                now = time.monotonic()
+                for device_id in touched:
+                    self.devices.touched[device_id] = now
+                return results
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise DatabaseUnavailable(str(exc)) from exc
+            except psycopg.errors.IntegrityError:
+                # A concurrent writer provisioned the same serial, or the device cache is stale:
+                # start over with what the database now holds.
+                self.devices.clear()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _store_as_errors(self, items: list[PendingItem]) -> list[ItemResult] | None:
+        """Last resort for a request the write path cannot store: keep every body, as text, with an error."""
+        fallback = []
+        for item in items:
+            body = item.body
+            text = body.payload if body.payload is not None else body.body_text
+            rejection = Rejection(
+                "error", "internal_error", "the item could not be stored as sent; kept as text"
+            )
+            fallback.append(
+                PendingItem(
+                    item.meta, item.batch_index, BodyItem(None, text, body.body_bytes, None), rejection
+                )
+            )
+        try:
+            return await self._write(fallback)
+        except Exception:
+            log.exception("could not store the request even as errors")
+            return None

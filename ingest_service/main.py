@@ -1,0 +1,82 @@
+"""The ingest API application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+from psycopg_pool import AsyncConnectionPool
+
+from ingest_service.api.main import api_router
+from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
+from ingest_service.core.config import Settings, get_settings
+from ingest_service.core.database import resolve_target
+from ingest_service.ingest.service import IngestService
+
+
+def _unique_id(route: APIRoute) -> str:
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        target = resolve_target(settings)
+        timeout_ms = int(settings.request_timeout_seconds * 1000)
+        pool = AsyncConnectionPool(
+            target.url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            open=False,
+            kwargs={"options": f"-c statement_timeout={timeout_ms}", "application_name": "ingest_service"},
+            timeout=settings.request_timeout_seconds,
+        )
+        await pool.open(wait=False)
+        service = IngestService(pool, settings)
+        await service.start()
+        app.state.pool, app.state.service = pool, service
+        try:
+            yield
+        finally:
+            await service.stop()
+            await pool.close()
+
+    app = FastAPI(
+        title="IoT telemetry ingest API",
+        description="Devices POST telemetry and device_startup events; every body lands in an immutable ledger.",
+        version="1.0.0",
+        lifespan=lifespan,
+        generate_unique_id_function=_unique_id,
+    )
+    app.state.settings = settings
+    app.include_router(api_router)
+    _add_event_schemas(app)
+    return app
+
+
+def _add_event_schemas(app: FastAPI) -> None:
+    """The /ingest body is parsed by hand (bad bodies are stored, not refused), so its event
+    schemas are added to the OpenAPI components explicitly."""
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = original()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (TelemetryEvent, DeviceStartupEvent):
+                components[model.__name__] = model.model_json_schema(
+                    ref_template="#/components/schemas/{model}"
+                )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def app_factory() -> FastAPI:
+    """uvicorn --factory entry point."""
+    return create_app()
