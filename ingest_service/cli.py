@@ -70,20 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iot-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    db = sub.add_parser(
-        "db", help="start the embedded PostgreSQL (or check DATABASE_URL) and print where it is"
-    )
+    db = sub.add_parser("db", help="start the embedded PostgreSQL (or check DATABASE_URL) and print where it is")
     db.add_argument("action", nargs="?", default="start", choices=["start", "url", "env", "stop"])
     db.set_defaults(func=cmd_db)
 
-    mig = sub.add_parser(
-        "migrate", help="apply the schema migrations to DATABASE_URL (or the embedded server)"
-    )
+    mig = sub.add_parser("migrate", help="apply the schema migrations to DATABASE_URL (or the embedded server)")
     mig.set_defaults(func=cmd_migrate)
 
-    dbt = sub.add_parser(
-        "dbt", help="run dbt from dbt_project/ against the configured database", add_help=False
-    )
+    dbt = sub.add_parser("dbt", help="run dbt from dbt_project/ against the configured database", add_help=False)
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)
 

@@ -28,17 +28,13 @@ def upgrade(target: DatabaseTarget) -> None:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(
-        alembic_config(DatabaseTarget("postgresql://x@/x", False))
-    ).get_current_head()
+    return ScriptDirectory.from_config(alembic_config(DatabaseTarget("postgresql://x@/x", False))).get_current_head()
 
 
 def current_revision(target: DatabaseTarget) -> str | None:
     engine = create_engine(target.sqlalchemy_url, poolclass=pool.NullPool)
     try:
         with engine.connect() as conn:
-            return MigrationContext.configure(
-                conn, opts={"version_table_schema": "ingest"}
-            ).get_current_revision()
+            return MigrationContext.configure(conn, opts={"version_table_schema": "ingest"}).get_current_revision()
     finally:
         engine.dispose()

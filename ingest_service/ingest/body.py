@@ -44,18 +44,14 @@ def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding not in SUPPORTED_ENCODINGS:
-        raise BodyRejected(
-            415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip"
-        )
+        raise BodyRejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = inflater.decompress(body, max_inflated + 1)
     except zlib.error as exc:
         raise BodyRejected(400, "invalid_gzip", f"body is not valid gzip: {exc}") from exc
     if len(out) > max_inflated or inflater.unconsumed_tail:
-        raise BodyRejected(
-            413, "inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit"
-        )
+        raise BodyRejected(413, "inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
     return out
 
 
@@ -131,9 +127,7 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
     item = _item_from_bytes(body)
     if isinstance(item.parsed, list):
         if len(item.parsed) > max_items:
-            raise BodyRejected(
-                413, "too_many_items", f"{len(item.parsed)} items exceed the {max_items}-item limit"
-            )
+            raise BodyRejected(413, "too_many_items", f"{len(item.parsed)} items exceed the {max_items}-item limit")
         if not item.parsed:
             item.parse_error = ("empty_batch", "the JSON array holds no events")
             return False, [item]

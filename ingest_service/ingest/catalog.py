@@ -31,9 +31,7 @@ class RecordTypeCatalog:
         return len(self._types)
 
     async def refresh(self, conn: psycopg.AsyncConnection) -> None:
-        cur = await conn.execute(
-            "select id, name, unit, min_value, max_value, payload_format from ingest.record_type"
-        )
+        cur = await conn.execute("select id, name, unit, min_value, max_value, payload_format from ingest.record_type")
         self._types = {row[1]: RecordType(*row) for row in await cur.fetchall()}
         self.loaded_at = time.monotonic()
 

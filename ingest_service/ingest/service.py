@@ -36,9 +36,7 @@ class DatabaseUnavailable(Exception):
 class _Job:
     items: list[PendingItem]
     in_flight: bool = False
-    future: asyncio.Future[list[ItemResult]] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    future: asyncio.Future[list[ItemResult]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class IngestService:
@@ -55,8 +53,7 @@ class IngestService:
         with contextlib.suppress(psycopg.Error, PoolTimeout):
             await self.refresh_catalog()
         self._writers = [
-            asyncio.create_task(self._writer_loop(), name=f"ingest-writer-{i}")
-            for i in range(self.settings.writers)
+            asyncio.create_task(self._writer_loop(), name=f"ingest-writer-{i}") for i in range(self.settings.writers)
         ]
 
     async def stop(self) -> None:
@@ -218,13 +215,9 @@ class IngestService:
         for item in items:
             body = item.body
             text = body.payload if body.payload is not None else body.body_text
-            rejection = Rejection(
-                "error", "internal_error", "the item could not be stored as sent; kept as text"
-            )
+            rejection = Rejection("error", "internal_error", "the item could not be stored as sent; kept as text")
             fallback.append(
-                PendingItem(
-                    item.meta, item.batch_index, BodyItem(None, text, body.body_bytes, None), rejection
-                )
+                PendingItem(item.meta, item.batch_index, BodyItem(None, text, body.body_bytes, None), rejection)
             )
         try:
             return await self._write(fallback)

@@ -71,9 +71,7 @@ def _safe_label(value: Any) -> str | None:
 
 def _check_timestamp(value: Any, now: float, max_skew: float) -> Rejection | float:
     if not _is_number(value):
-        return Rejection(
-            "invalid", "wrong_type", f"timestamp must be epoch seconds (a number), got {_describe(value)}"
-        )
+        return Rejection("invalid", "wrong_type", f"timestamp must be epoch seconds (a number), got {_describe(value)}")
     ts = float(value)
     if not math.isfinite(ts):
         return Rejection("invalid", "invalid_timestamp", "timestamp must be a finite number")
@@ -92,38 +90,28 @@ def _device_id(value: Any) -> Rejection | int:
     if not isinstance(value, int) or isinstance(value, bool):
         return Rejection("invalid", "wrong_type", f"device_id must be an integer, got {_describe(value)}")
     if not 1 <= value <= DEVICE_ID_MAX:
-        return Rejection(
-            "invalid", "device_id_out_of_range", f"device_id {_describe(value)} is outside 1..2^63-1"
-        )
+        return Rejection("invalid", "device_id_out_of_range", f"device_id {_describe(value)} is outside 1..2^63-1")
     return value
 
 
-def validate_telemetry(
-    event: dict[str, Any], catalog: RecordTypeCatalog, now: float, max_skew: float
-) -> Outcome:
+def validate_telemetry(event: dict[str, Any], catalog: RecordTypeCatalog, now: float, max_skew: float) -> Outcome:
     event_type = event.get("event_type")
     label = _safe_label(event_type)
     missing = [name for name in TELEMETRY_FIELDS if event.get(name) is None]
     if missing:
-        return Rejection(
-            "invalid", "missing_field", f"missing required field(s): {', '.join(missing)}", label
-        )
+        return Rejection("invalid", "missing_field", f"missing required field(s): {', '.join(missing)}", label)
     if not isinstance(event_type, str):
         return Rejection("invalid", "wrong_type", f"event_type must be a string, got {_describe(event_type)}")
     record_type = catalog.get(event_type)
     if record_type is None:
-        return Rejection(
-            "invalid", "unknown_event_type", f"unknown event_type {_describe(event_type)}", label
-        )
+        return Rejection("invalid", "unknown_event_type", f"unknown event_type {_describe(event_type)}", label)
 
     device_id = _device_id(event["device_id"])
     if isinstance(device_id, Rejection):
         return Rejection(device_id.status, device_id.reason, device_id.detail, label)
     value = event["value"]
     if not _is_number(value):
-        return Rejection(
-            "invalid", "wrong_type", f"value must be a number, got {_describe(value)}", label, device_id
-        )
+        return Rejection("invalid", "wrong_type", f"value must be a number, got {_describe(value)}", label, device_id)
     value = float(value)
     if not math.isfinite(value) or not record_type.min_value <= value <= record_type.max_value:
         return Rejection(
@@ -140,14 +128,10 @@ def validate_telemetry(
     return Telemetry(device_id, record_type.id, ts, value)
 
 
-def validate_startup(
-    event: dict[str, Any], secret: str, now: float, max_skew: float, replay_window: float
-) -> Outcome:
+def validate_startup(event: dict[str, Any], secret: str, now: float, max_skew: float, replay_window: float) -> Outcome:
     missing = [name for name in ("serial", "provision_token", "timestamp") if event.get(name) is None]
     if missing:
-        return Rejection(
-            "invalid", "missing_field", f"missing required field(s): {', '.join(missing)}", STARTUP
-        )
+        return Rejection("invalid", "missing_field", f"missing required field(s): {', '.join(missing)}", STARTUP)
     serial, token = event["serial"], event["provision_token"]
     if not isinstance(serial, str) or not SERIAL_PATTERN.fullmatch(serial):
         return Rejection(

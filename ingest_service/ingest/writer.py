@@ -171,9 +171,7 @@ async def _resolve_startups(
         # Several startups of one new serial in a batch share one new id.
         by_pos = dict(startups)
         new_serials = sorted({by_pos[pos].serial for pos in need_new})
-        assigned = dict(
-            zip(new_serials, await _column(conn, ALLOCATE_DEVICE_IDS, len(new_serials)), strict=True)
-        )
+        assigned = dict(zip(new_serials, await _column(conn, ALLOCATE_DEVICE_IDS, len(new_serials)), strict=True))
         for pos in need_new:
             decided[pos] = assigned[by_pos[pos].serial]
     return decided
@@ -193,9 +191,7 @@ async def write_batch(
         {
             o.device_id
             for o in outcomes
-            if isinstance(o, Telemetry)
-            and o.device_id > LEGACY_DEVICE_ID_MAX
-            and o.device_id not in cache.touched
+            if isinstance(o, Telemetry) and o.device_id > LEGACY_DEVICE_ID_MAX and o.device_id not in cache.touched
         }
     )
     if unknown_provisioned:
@@ -236,9 +232,7 @@ async def write_batch(
 
     # Sorted, so concurrent transactions lock device rows in the same order and cannot deadlock.
     # Provisioned ids here exist already (checked above), so only legacy ids can be inserted.
-    touch = sorted(
-        {o.device_id for o in outcomes if isinstance(o, Telemetry) and cache.needs_touch(o.device_id, now)}
-    )
+    touch = sorted({o.device_id for o in outcomes if isinstance(o, Telemetry) and cache.needs_touch(o.device_id, now)})
     if touch:
         await conn.execute(TOUCH_DEVICES, (touch,))
 
@@ -281,9 +275,7 @@ async def write_batch(
             elif raw_id in duplicates:
                 results[pos] = ItemResult(raw_id, "duplicate", processed_id=duplicates[raw_id])
             else:  # cannot happen while uq_processed_event holds; never leave a raw row without outcome
-                outcomes[pos] = Rejection(
-                    "error", "internal_error", "fact neither stored nor found as duplicate"
-                )
+                outcomes[pos] = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
 
     if startup_devices:
         positions = sorted(startup_devices)

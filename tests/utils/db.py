@@ -49,8 +49,6 @@ def create_fresh_database(server: DatabaseTarget, prefix: str = "iot_t") -> Data
     with _admin(server) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name)))
         conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(TEMPLATE_DB)
-            )
+            sql.SQL("create database {} template {}").format(sql.Identifier(name), sql.Identifier(TEMPLATE_DB))
         )
     return server.with_database(name)

@@ -32,9 +32,7 @@ async def readyz(request: Request) -> Response:
     except (PoolTimeout, Exception) as exc:  # any failure here means: not ready
         return JSONResponse({"status": "unready", "detail": f"database unreachable: {exc}"[:300]}, 503)
     if row is None or row[0] != HEAD:
-        return JSONResponse(
-            {"status": "unready", "detail": f"schema at {row and row[0]}, expected {HEAD}"}, 503
-        )
+        return JSONResponse({"status": "unready", "detail": f"schema at {row and row[0]}, expected {HEAD}"}, 503)
     return JSONResponse({"status": "ready", "detail": f"schema {HEAD}"})
 
 

@@ -85,9 +85,7 @@ def _refused(status_code: int, reason: str, detail: str, headers: dict[str, str]
         "detail": detail,
         "stored": False,
     }
-    return Response(
-        orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers
-    )
+    return Response(orjson.dumps(body), status_code=status_code, media_type="application/json", headers=headers)
 
 
 @router.post(
@@ -107,9 +105,7 @@ async def ingest(request: Request, service: ServiceDep, settings: SettingsDep) -
         response = _refused(exc.status_code, exc.reason, exc.detail, headers)
     except DatabaseUnavailable as exc:
         headers["Retry-After"] = str(settings.retry_after_seconds)
-        response = _refused(
-            503, "database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers
-        )
+        response = _refused(503, "database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers)
     except ClientDisconnect:
         response = _refused(400, "client_disconnected", "the client closed the connection mid-body", headers)
     METRICS.requests.labels(str(response.status_code)).inc()
@@ -135,9 +131,7 @@ async def _ingest(
     for result in results:
         METRICS.items.labels(result.status, result.reason or "").inc()
     if is_batch:
-        return Response(
-            orjson.dumps([r.as_dict() for r in results]), media_type="application/json", headers=headers
-        )
+        return Response(orjson.dumps([r.as_dict() for r in results]), media_type="application/json", headers=headers)
     result = results[0]
     return Response(
         orjson.dumps(result.as_dict()),
