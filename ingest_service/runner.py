@@ -3,7 +3,228 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from ingest_service.core.config import PROJECT_ROOT, Settings
+from ingest_service.core.database import embedded_data_dir, resolve_target, stop_embedded, tool_environment
+
+PYTHON = sys.executable
+
+
+def _settings() -> Settings:
+    os.environ.setdefault("DEV_MODE", "1")
+    return Settings()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from ingest_service.core import migrate
+
+    settings = _settings()
+    target = resolve_target(settings)
+    os.environ["DATABASE_URL"] = target.url  # workers resolve the same server without starting another
+    if not args.no_migrate:
+        migrate.upgrade(target)
+    uvicorn.run(
+        "ingest_service.main:app_factory",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=args.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=30,
+    )
+    return 0
+
+
+def publisher_pipeline(
+    url: str, generator_args: list[str], pipe_args: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Start `generator | pipe_to_api` as two processes; returns both."""
+    generator = subprocess.Popen(
+        [PYTHON, "-m", "publisher.iot_device_message_generator", *generator_args],
+        stdout=subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    pipe = subprocess.Popen(
+        [PYTHON, "-m", "publisher.pipe_to_api", "--url", url, *pipe_args],
+        stdin=generator.stdout,
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    assert generator.stdout is not None
+    generator.stdout.close()  # the pipe process owns the read end now
+    return generator, pipe
+
+
+def _generator_args(args: argparse.Namespace) -> list[str]:
+    out = ["--devices", str(args.devices), "--rate", str(args.rate)]
+    if args.count is not None:
+        out += ["--count", str(args.count)]
+    if args.seed is not None:
+        out += ["--seed", str(args.seed)]
+    out += ["--new-firmware-share", str(args.new_firmware_share), "--upgrade-rate", str(args.upgrade_rate)]
+    return out
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    generator, pipe = publisher_pipeline(args.url, _generator_args(args), ["--batch", str(args.batch), "--progress"])
+    try:
+        code = pipe.wait()
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        generator.terminate()
+        pipe.terminate()
+    return code
+
+
+def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url} did not come up: its process exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for proc in processes:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + 20
+    for proc in processes:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from ingest_service.core import migrate
+
+    settings = _settings()
+    pg_was_running = (embedded_data_dir(settings) / "postmaster.pid").exists()
+    target = resolve_target(settings)
+    migrate.upgrade(target)
+    env = tool_environment(target)
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    started: list[subprocess.Popen] = []
+
+    def spawn(name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
+        proc = subprocess.Popen(
+            cmd,
+            cwd=PROJECT_ROOT,
+            env={**env, **(extra_env or {})},
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    api_url = f"http://127.0.0.1:{args.port}"
+    try:
+        api = spawn("api", [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"])
+        wait_ready(api_url + "/readyz", process=api)
+        for extra in _extra_services(args, env, spawn):
+            print(extra)
+        where = f"embedded PostgreSQL 16, data in {embedded_data_dir(settings)}" if target.embedded else "DATABASE_URL"
+        print(
+            f"\nIoT platform is up\n"
+            f"  database      {where}\n"
+            f"                {target.url}\n"
+            f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
+            f"  logs          {logs}/\n"
+            f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
+            f"{args.new_firmware_share:.0%} on the new mm firmware\n"
+            f"Ctrl-C stops everything; the data stays for the next `make up`.\n",
+            flush=True,
+        )
+        generator, pipe = publisher_pipeline(
+            api_url + "/ingest",
+            _generator_args(args),
+            ["--batch", str(args.batch), "--linger-ms", "200", "--progress"],
+            env=env,
+        )
+        started += [generator, pipe]
+        while all(p.poll() is None for p in started):
+            time.sleep(0.5)
+        failed = [p.args for p in started if p.poll() not in (None, 0)]
+        if failed:
+            print(f"\nstopped: a process exited: {failed[0]} (see {logs}/)", file=sys.stderr)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        print("\nstopping...", file=sys.stderr)
+        return 0
+    finally:
+        _stop(started)
+        if target.embedded and not pg_was_running:
+            stop_embedded(settings)
+
+
+def _extra_services(args: argparse.Namespace, env: dict[str, str], spawn) -> list[str]:
+    """Services other parts of the platform add to `up` (Dagster, when installed)."""
+    try:
+        from orchestration.lib.launch import start_dagster
+    except ImportError:
+        return []
+    return start_dagster(args, env, spawn)
+
+
+def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
+    parser.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
+    parser.add_argument("--count", type=int, default=None, help="stop after this many events")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for a reproducible stream")
+    parser.add_argument("--new-firmware-share", type=float, default=0.3, help="devices on mm firmware at start")
+    parser.add_argument("--upgrade-rate", type=float, default=0.002, help="chance per event that a device upgrades")
+    parser.add_argument("--batch", type=int, default=200, help="events per POST")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    pass
+    serve = sub.add_parser("serve", help="serve the ingest API (migrates first)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    serve.add_argument("--log-level", default="warning")
+    serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head` at start")
+    serve.set_defaults(func=cmd_serve)
+
+    publish = sub.add_parser("publish", help="stream the device simulator into a running API")
+    publish.add_argument("--url", default="http://127.0.0.1:8000/ingest")
+    _add_simulator_options(publish)
+    publish.set_defaults(func=cmd_publish)
+
+    up = sub.add_parser("up", help="database + migrations + API + simulator (+ Dagster): the whole platform")
+    up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--dagster-port", type=int, default=3000)
+    _add_simulator_options(up)
+    up.set_defaults(func=cmd_up)
+
+
+__all__ = ["register", "publisher_pipeline", "wait_ready", "Path"]

@@ -1,0 +1,49 @@
+# The two commands: `make up` (the whole platform) and `make test` (the whole suite).
+# Needs only Python 3.11+ and make: uv is bootstrapped into .tools/ when it is not installed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export DEV_MODE ?= 1
+
+.PHONY: install up test test-fast lint format bench dbt-docs clean-data
+
+install: $(VENV)/.synced
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python $(PYTHON)
+	@touch $@
+
+# A virtual environment of its own: a system Python may refuse a global pip install (PEP 668).
+.tools/bin/uv:
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv
+
+up: install
+	$(BIN)/iot-platform up
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: install
+	$(BIN)/python -m bench.ingest_bench
+
+dbt-docs: install
+	$(BIN)/iot-platform dbt docs generate
+
+clean-data:
+	-$(BIN)/iot-platform db stop
+	rm -rf .data
