@@ -67,9 +67,7 @@ def malformed_event(device_id: int, rng: random.Random) -> Event:
     return dict(rng.choice(shapes))
 
 
-def startup_event(
-    serial: str, timestamp: float, secret: str, firmware: str, device_id: int | None = None
-) -> Event:
+def startup_event(serial: str, timestamp: float, secret: str, firmware: str, device_id: int | None = None) -> Event:
     event: Event = {
         "event_type": STARTUP,
         "serial": serial,

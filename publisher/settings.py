@@ -16,9 +16,7 @@ DEV_PROVISION_SECRET = "dev-secret"
 
 
 def _config(prefix: str) -> SettingsConfigDict:
-    return SettingsConfigDict(
-        env_prefix=prefix, env_file=PROJECT_ROOT / ".env", env_ignore_empty=True, extra="ignore"
-    )
+    return SettingsConfigDict(env_prefix=prefix, env_file=PROJECT_ROOT / ".env", env_ignore_empty=True, extra="ignore")
 
 
 class GeneratorSettings(BaseSettings):
