@@ -38,3 +38,10 @@ def fresh_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterator
     target = create_fresh_database(pg_server)
     yield target
     drop_database(pg_server, target.parts["dbname"])
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that touch PostgreSQL are marked `db`: CI reruns them against PostgreSQL 15."""
+    for item in items:
+        if "pg_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.db)
