@@ -13,6 +13,7 @@ from ingest_service.api.main import api_router
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
 from ingest_service.core.config import Settings, get_settings
 from ingest_service.core.database import resolve_target
+from ingest_service.core.logging import RequestIdMiddleware
 from ingest_service.ingest.service import IngestService
 
 
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_unique_id,
     )
     app.state.settings = settings
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
     _add_event_schemas(app)
     return app

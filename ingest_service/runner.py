@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 
@@ -27,8 +26,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ingest_service.core import migrate
+    from ingest_service.core.logging import configure_json_logging
 
     settings = _settings()
+    configure_json_logging(settings.log_level)
     target = resolve_target(settings)
     os.environ["DATABASE_URL"] = target.url  # workers resolve the same server without starting another
     if not args.no_migrate:
@@ -42,6 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         log_level=args.log_level,
+        log_config=None,  # keep the JSON logging configured above
         access_log=False,
         timeout_graceful_shutdown=30,
     )
@@ -225,6 +227,3 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--dagster-port", type=int, default=3000)
     _add_simulator_options(up)
     up.set_defaults(func=cmd_up)
-
-
-__all__ = ["register", "publisher_pipeline", "wait_ready", "Path"]

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
 
     record_type_refresh_seconds: float = 30.0
 
+    # JSON lines on stderr; INFO logs one access line per request.
+    log_level: str = "WARNING"
+
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Self:
         if not self.dev_mode and self.provision_secret.strip().lower() in PLACEHOLDER_SECRETS:

@@ -20,6 +20,7 @@ from ingest_service.core.config import Settings
 from ingest_service.core.observability import METRICS
 from ingest_service.ingest.body import BodyItem
 from ingest_service.ingest.catalog import RecordTypeCatalog
+from ingest_service.ingest.ratelimit import FAILURE_REASONS, FailedStartupLimiter
 from ingest_service.ingest.results import ItemResult, PendingItem, RequestMeta
 from ingest_service.ingest.validation import Rejection, Startup, Telemetry, validate
 from ingest_service.ingest.writer import DeviceCache, write_batch
@@ -48,6 +49,9 @@ class IngestService:
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._writers: list[asyncio.Task[None]] = []
         self._catalog_lock = asyncio.Lock()
+        self.startup_limiter = FailedStartupLimiter(
+            settings.failed_startups_per_serial, settings.failed_startup_window_seconds
+        )
 
     async def start(self) -> None:
         with contextlib.suppress(psycopg.Error, PoolTimeout):
@@ -105,8 +109,30 @@ class IngestService:
                     max_skew=s.max_clock_skew_seconds,
                     replay_window=s.startup_replay_window_seconds,
                 )
+                outcome = self._limit_startups(item.parsed, outcome)
             pending.append(PendingItem(meta, index, item, outcome))
         return pending
+
+    def _limit_startups(
+        self, event: object, outcome: Telemetry | Startup | Rejection
+    ) -> Telemetry | Startup | Rejection:
+        """Refuse every startup of a serial with too many recent failures; count new failures."""
+        if not isinstance(event, dict) or event.get("event_type") != "device_startup":
+            return outcome
+        serial = event.get("serial")
+        if not isinstance(serial, str):
+            return outcome
+        wait = self.startup_limiter.retry_after(serial)
+        if wait is not None:
+            return Rejection(
+                "rate_limited",
+                "too_many_failed_startups",
+                f"too many failed startups for this serial; retry in {wait:.0f} s",
+                "device_startup",
+            )
+        if isinstance(outcome, Rejection) and outcome.reason in FAILURE_REASONS:
+            self.startup_limiter.record_failure(serial)
+        return outcome
 
     async def ingest(self, items: list[BodyItem], meta: RequestMeta) -> list[ItemResult]:
         await self._catalog_for(items)

@@ -12,6 +12,7 @@ from starlette.requests import ClientDisconnect
 
 from ingest_service.api.deps import ServiceDep, SettingsDep
 from ingest_service.api.schemas import DeviceStartupEvent, ItemResultModel, RefusedBody, TelemetryEvent
+from ingest_service.core.logging import request_id_var
 from ingest_service.core.observability import METRICS
 from ingest_service.ingest.body import BodyRejected, inflate, split_items
 from ingest_service.ingest.results import SINGLE_ITEM_HTTP_STATUS, RequestMeta
@@ -56,11 +57,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _request_id(request: Request) -> str:
-    given = request.headers.get("x-request-id", "")
-    if 0 < len(given) <= 64 and given.isascii() and given.isprintable():
-        return given
-    return uuid.uuid4().hex
+def _request_id() -> str:
+    return request_id_var.get() or uuid.uuid4().hex
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -97,7 +95,7 @@ def _refused(status_code: int, reason: str, detail: str, headers: dict[str, str]
 async def ingest(request: Request, service: ServiceDep, settings: SettingsDep) -> Response:
     """Store each event in the ledger, then as a fact, a provisioned device or an error."""
     started = time.perf_counter()
-    request_id = _request_id(request)
+    request_id = _request_id()
     headers = {"X-Request-ID": request_id}
     try:
         response = await _ingest(request, service, settings, request_id, headers)
@@ -133,6 +131,8 @@ async def _ingest(
     if is_batch:
         return Response(orjson.dumps([r.as_dict() for r in results]), media_type="application/json", headers=headers)
     result = results[0]
+    if result.status == "rate_limited":
+        headers["Retry-After"] = str(int(settings.failed_startup_window_seconds))
     return Response(
         orjson.dumps(result.as_dict()),
         status_code=SINGLE_ITEM_HTTP_STATUS[result.status],
