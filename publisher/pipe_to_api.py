@@ -18,6 +18,8 @@ if not __package__:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import signal  # noqa: E402
+import threading  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import BinaryIO, TextIO  # noqa: E402
@@ -144,6 +146,16 @@ def config_from_args(args: argparse.Namespace) -> PipeConfig:
     )
 
 
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C: a supervisor stopping us still gets the summary and the dead letter."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def main(
     argv: Sequence[str] | None = None,
     stdin: BinaryIO | None = None,
@@ -162,6 +174,7 @@ def main(
     args = parser.parse_args(argv)
     check_args(parser, args)
 
+    _interrupt_on_sigterm()
     pipe = Pipe(config_from_args(args), stdin, stderr)
     status = pipe.run()
     summary = pipe.tally.summary()

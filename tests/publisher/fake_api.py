@@ -38,11 +38,18 @@ class FakeApi:
     requests: list[Request] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)  # items in the "ledger", in arrival order
     seen: set[bytes] = field(default_factory=set)
+    answered_requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def next_action(self) -> Any:
         with self.lock:
+            self.answered_requests += 1
             return self.script.pop(0) if self.script else "ok"
+
+    def script_used(self) -> int:
+        """Requests answered so far (stored or not)."""
+        with self.lock:
+            return self.answered_requests
 
     def result_for(self, item: bytes, raw_id: int) -> dict[str, Any]:
         try:

@@ -330,3 +330,37 @@ def test_encode_body() -> None:
     body, headers = encode_body([*lines, Line(3, b'{"v": NaN}')], "json", compress=True)
     assert headers == {"Content-Type": "application/x-ndjson", "Content-Encoding": "gzip"}
     assert gzip.decompress(body) == b'{"a": 1}\n[2]\n{"v": NaN}\n'
+
+
+def test_sigterm_dead_letters_what_is_not_delivered(tmp_path: Path) -> None:
+    dead = tmp_path / "dead.ndjson"
+    with running_api(script=[("status", 503, 30)] * 5) as api:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "publisher.pipe_to_api",
+                "--url",
+                api.url,
+                "--linger-ms",
+                "0",
+                "--dead-letter",
+                str(dead),
+                "--summary-json",
+            ],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(line + b"\n" for line in lines_of(5)))
+        proc.stdin.flush()
+        deadline = time.monotonic() + 15
+        while not api.script_used() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130, err
+    assert dead.read_bytes() == b"".join(line + b"\n" for line in lines_of(5))
+    assert json.loads(out)["undelivered_by_reason"] == {"interrupted": 5}
