@@ -1,0 +1,20 @@
+{#
+    The `ingested_at` after which facts are re-rolled by an incremental run of the hourly rollup,
+    rendered as a literal: a literal (unlike a subquery) lets PostgreSQL estimate the few new
+    rows and use ix_processed_ingested_at, so the run costs what the new data costs.
+#}
+{% macro rollup_watermark() %}
+    {%- if var('rollup_since') -%}
+        '{{ var('rollup_since') }}'::timestamptz
+    {%- elif execute -%}
+        {%- set result = run_query('select max(last_ingested_at) from ' ~ this) -%}
+        {%- set newest = result.columns[0].values()[0] -%}
+        {%- if newest is none -%}
+            '-infinity'::timestamptz
+        {%- else -%}
+            ('{{ newest }}'::timestamptz - interval '{{ var('rollup_lookback_minutes') }} minutes')
+        {%- endif -%}
+    {%- else -%}
+        '-infinity'::timestamptz
+    {%- endif -%}
+{% endmacro %}

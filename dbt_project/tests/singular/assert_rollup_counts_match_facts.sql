@@ -1,0 +1,37 @@
+-- The hourly rollup must account for every fact exactly once: per device, record type and UTC
+-- hour, its reading_count equals the facts in ingest.processed_record. A row here is an hour the
+-- incremental rollup missed (e.g. late data outside the lookback) or double-counted.
+with
+
+fact_counts as (
+
+    select
+        device_id,
+        record_type_id,
+        {{ utc_hour('record_time') }} as hour_start,
+        count(*) as facts
+    from {{ source('ingest', 'processed_record') }}
+    group by 1, 2, 3
+
+),
+
+rollup_counts as (
+
+    select device_id, record_type_id, hour_start, reading_count
+    from {{ ref('fct_readings_hourly') }}
+
+)
+
+select
+    coalesce(fact_counts.device_id, rollup_counts.device_id) as device_id,
+    coalesce(fact_counts.record_type_id, rollup_counts.record_type_id) as record_type_id,
+    coalesce(fact_counts.hour_start, rollup_counts.hour_start) as hour_start,
+    fact_counts.facts,
+    rollup_counts.reading_count
+from fact_counts
+full outer join rollup_counts
+    on
+        fact_counts.device_id = rollup_counts.device_id
+        and fact_counts.record_type_id = rollup_counts.record_type_id
+        and fact_counts.hour_start = rollup_counts.hour_start
+where fact_counts.facts is distinct from rollup_counts.reading_count
