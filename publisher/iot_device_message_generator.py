@@ -171,9 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         clock = time.time
     generator = EventGenerator(config, rng, clock)
 
+    count = "unbounded" if args.count is None else args.count
+    rollout = "on" if config.rollout else "off"
     print(
-        f"generator: {args.devices} devices, rate {args.rate or 'unpaced'}/s, count {args.count or 'unbounded'}, "
-        f"seed {args.seed}, rollout {'on' if config.rollout else 'off'}",
+        f"generator: {args.devices} devices, rate {args.rate or 'unpaced'}/s, count {count}, "
+        f"seed {args.seed}, rollout {rollout}",
         file=sys.stderr,
     )
     try:
