@@ -25,10 +25,8 @@ import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from typing import TextIO  # noqa: E402
 
-from pydantic import ValidationError  # noqa: E402
-
 from publisher.events import UNPACED_STEP_SECONDS, EventGenerator, FleetConfig, SimulatedClock  # noqa: E402
-from publisher.settings import GeneratorSettings  # noqa: E402
+from publisher.settings import GeneratorSettings, SettingsError  # noqa: E402
 
 
 def build_parser(defaults: GeneratorSettings) -> argparse.ArgumentParser:
@@ -146,9 +144,9 @@ def emit(events: EventGenerator, out: TextIO, count: int | None, rate: float) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        defaults = GeneratorSettings()
-    except ValidationError as exc:
-        print(f"invalid GENERATOR_* environment: {exc}", file=sys.stderr)
+        defaults = GeneratorSettings.from_env()
+    except SettingsError as exc:
+        print(f"invalid environment: {exc}", file=sys.stderr)
         return 2
     parser = build_parser(defaults)
     args = parser.parse_args(argv)

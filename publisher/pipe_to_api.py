@@ -25,10 +25,9 @@ from pathlib import Path  # noqa: E402
 from typing import BinaryIO, TextIO  # noqa: E402
 
 import httpx  # noqa: E402
-from pydantic import ValidationError  # noqa: E402
 
 from publisher.delivery import Pipe, PipeConfig, RetryPolicy, format_summary  # noqa: E402
-from publisher.settings import PipeSettings  # noqa: E402
+from publisher.settings import PipeSettings, SettingsError  # noqa: E402
 
 
 def build_parser(defaults: PipeSettings) -> argparse.ArgumentParser:
@@ -166,9 +165,9 @@ def main(
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     try:
-        defaults = PipeSettings()
-    except ValidationError as exc:
-        print(f"invalid PIPE_* environment: {exc}", file=stderr)
+        defaults = PipeSettings.from_env()
+    except SettingsError as exc:
+        print(f"invalid environment: {exc}", file=stderr)
         return 2
     parser = build_parser(defaults)
     args = parser.parse_args(argv)

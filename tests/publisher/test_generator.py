@@ -27,7 +27,7 @@ from publisher.events import (
     FleetConfig,
     SimulatedClock,
 )
-from publisher.iot_device_message_generator import emit
+from publisher.iot_device_message_generator import emit, main
 
 REPO = Path(__file__).resolve().parents[2]
 MALFORMED_SHAPES = [
@@ -74,9 +74,9 @@ def test_cli_output_is_byte_identical_across_runs_and_entry_points() -> None:
     assert b"generator:" in first.stderr
 
 
-def test_simulated_clock_steps_one_interval_per_line() -> None:
-    out = run_cli("--seed", "1", "--start-time", "1700000000", "--count", "200", "--rate", "1000")
-    stamps = [json.loads(line).get("timestamp") for line in out.stdout.decode().splitlines()]
+def test_simulated_clock_steps_one_interval_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--seed", "1", "--start-time", "1700000000", "--count", "200", "--rate", "1000"]) == 0
+    stamps = [json.loads(line).get("timestamp") for line in capsys.readouterr().out.splitlines()]
     for index, stamp in enumerate(stamps):
         if stamp is not None:  # malformed events carry none, but still take their step
             assert stamp == pytest.approx(1_700_000_000 + index * 0.001, abs=1e-6)
@@ -185,12 +185,8 @@ def test_rate_paces_output() -> None:
     assert len(out.getvalue().splitlines()) == 11
 
 
-def test_cli_rejects_bad_options() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "publisher.iot_device_message_generator", "--new-firmware-share", "2"],
-        cwd=REPO,
-        capture_output=True,
-        timeout=30,
-    )
-    assert result.returncode == 2
-    assert b"--new-firmware-share must be within 0..1" in result.stderr
+def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--new-firmware-share", "2"])
+    assert exit_info.value.code == 2
+    assert "--new-firmware-share must be within 0..1" in capsys.readouterr().err

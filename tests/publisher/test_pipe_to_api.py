@@ -22,6 +22,7 @@ from publisher.delivery import (
     encode_body,
     parse_retry_after,
 )
+from publisher.iot_device_message_generator import main as generator_main
 from publisher.pipe_to_api import main
 from tests.publisher.fake_api import running_api
 
@@ -261,12 +262,9 @@ def test_linger_flushes_a_partial_batch_when_input_is_slow() -> None:
     assert api.stored == [event(1), event(2), event(3)]
 
 
-def test_generator_piped_into_pipe_to_api_as_processes() -> None:
+def test_generator_piped_into_pipe_to_api_as_processes(capsys: pytest.CaptureFixture[str]) -> None:
     python = sys.executable
-    gen = [
-        python,
-        "-m",
-        "publisher.iot_device_message_generator",
+    options = [
         "--seed",
         "3",
         "--count",
@@ -280,7 +278,9 @@ def test_generator_piped_into_pipe_to_api_as_processes() -> None:
         "--start-time",
         "1700000000",
     ]
-    expected = subprocess.run(gen, cwd=REPO, capture_output=True, check=True).stdout
+    assert generator_main(options) == 0
+    expected = capsys.readouterr().out.encode()
+    gen = [python, "-m", "publisher.iot_device_message_generator", *options]
     with running_api() as api:
         producer = subprocess.Popen(gen, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         consumer = subprocess.run(
