@@ -9,6 +9,12 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from psycopg_pool import AsyncConnectionPool
 
+from ingest_service.analytics.reader import (
+    AnalyticsReader,
+    AnalyticsUnavailable,
+    analytics_error_response,
+    analytics_url,
+)
 from ingest_service.api.main import api_router
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
 from ingest_service.core.config import Settings, get_settings
@@ -39,10 +45,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await pool.open(wait=False)
         service = IngestService(pool, settings)
         await service.start()
-        app.state.pool, app.state.service = pool, service
+        # Analytics reads through a pool of its own, as the read-only analyst role (docs/analytics.md).
+        analytics = AnalyticsReader(settings, analytics_url(settings, target))
+        await analytics.open()
+        app.state.pool, app.state.service, app.state.analytics = pool, service, analytics
         try:
             yield
         finally:
+            await analytics.close()
             await service.stop()
             await pool.close()
 
@@ -56,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(RequestIdMiddleware)
     app.include_router(api_router)
+    app.add_exception_handler(AnalyticsUnavailable, analytics_error_response)  # type: ignore[arg-type]
     _add_event_schemas(app)
     return app
 

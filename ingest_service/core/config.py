@@ -50,6 +50,18 @@ class Settings(BaseSettings):
 
     record_type_refresh_seconds: float = 30.0
 
+    # Analytics (read-only routes under /analytics/ and the /dashboard page; docs/analytics.md).
+    # Clients send `Authorization: Bearer <ANALYTICS_API_KEY>`. Unset: open access in dev mode,
+    # analytics routes refused (503) otherwise; the ingest routes never need it.
+    analytics_api_key: str | None = Field(default=None, repr=False)
+    # A dedicated login for the analytics pool; unset: DATABASE_URL (or the embedded server).
+    analytics_database_url: str | None = Field(default=None, repr=False)
+    # Every analytics connection runs as this role (migration 0002's read-only group role), read-only.
+    analytics_role: str = "iot_analyst"
+    analytics_schema: str = "analytics"
+    analytics_pool_max_size: int = 4
+    analytics_statement_timeout_seconds: float = 15.0
+
     # JSON lines on stderr; INFO logs one access line per request.
     log_level: str = "WARNING"
 
@@ -59,6 +71,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 "PROVISION_SECRET is unset or a placeholder; set a real secret, or DEV_MODE=1 for development"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_analytics_key(self) -> Self:
+        key = self.analytics_api_key
+        if not self.dev_mode and key is not None and key.strip().lower() in PLACEHOLDER_SECRETS:
+            raise ValueError("ANALYTICS_API_KEY is a placeholder; set a real key, or DEV_MODE=1 for development")
         return self
 
 
