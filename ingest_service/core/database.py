@@ -74,7 +74,8 @@ def start_embedded(settings: Settings) -> DatabaseTarget:
 
 def stop_embedded(settings: Settings) -> bool:
     """Stop the embedded server if it runs; True when one was stopped."""
-    from pgserver.utils import PostmasterInfo, pg_ctl
+    from pgserver import pg_ctl
+    from pgserver.utils import PostmasterInfo
 
     pgdata = embedded_data_dir(settings)
     info = PostmasterInfo.read_from_pgdata(pgdata) if pgdata.exists() else None
