@@ -16,7 +16,8 @@ from ingest_service.core import migrate
 from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget, resolve_target
 
-TEMPLATE_DB = "iot_test_template"
+# One template per test session (pid): concurrent sessions on one server must not share it.
+TEMPLATE_DB = f"iot_test_template_{os.getpid()}"
 _counter = itertools.count()
 
 
