@@ -51,20 +51,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def publisher_pipeline(
-    url: str, generator_args: list[str], pipe_args: list[str], env: dict[str, str] | None = None
+    url: str,
+    generator_args: list[str],
+    pipe_args: list[str],
+    env: dict[str, str] | None = None,
+    own_session: bool = False,
 ) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """Start `generator | pipe_to_api` as two processes; returns both."""
+    """Start `generator | pipe_to_api` as two processes; returns both.
+
+    With own_session, Ctrl-C in the terminal does not reach them: the caller stops the generator
+    and lets the pipe deliver what it has read, so nothing ends up undelivered.
+    """
     generator = subprocess.Popen(
         [PYTHON, "-m", "publisher.iot_device_message_generator", *generator_args],
         stdout=subprocess.PIPE,
         cwd=PROJECT_ROOT,
         env=env,
+        start_new_session=own_session,
     )
     pipe = subprocess.Popen(
         [PYTHON, "-m", "publisher.pipe_to_api", "--url", url, *pipe_args],
         stdin=generator.stdout,
         cwd=PROJECT_ROOT,
         env=env,
+        start_new_session=own_session,
     )
     assert generator.stdout is not None
     generator.stdout.close()  # the pipe process owns the read end now
@@ -122,6 +132,20 @@ def _stop(processes: list[subprocess.Popen]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _drain_publisher(started: list[subprocess.Popen]) -> None:
+    """Stop the generator, then give pipe_to_api a moment to send its last batch (stdin hits EOF)."""
+    pipeline = [p for p in started if "publisher." in " ".join(map(str, p.args))]
+    if len(pipeline) != 2:
+        return
+    generator, pipe = pipeline
+    if generator.poll() is None:
+        generator.terminate()
+    try:
+        pipe.wait(15)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ingest_service.core import migrate
 
@@ -169,8 +193,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         generator, pipe = publisher_pipeline(
             api_url + "/ingest",
             _generator_args(args),
-            ["--batch", str(args.batch), "--linger-ms", "200", "--progress"],
+            [
+                "--batch",
+                str(args.batch),
+                "--linger-ms",
+                "200",
+                "--progress",
+                "--dead-letter",
+                str(logs / "undelivered.ndjson"),
+            ],
             env=env,
+            own_session=True,
         )
         started += [generator, pipe]
         while all(p.poll() is None for p in started):
@@ -181,7 +214,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 1
         return 0
     except KeyboardInterrupt:
-        print("\nstopping...", file=sys.stderr)
+        print("\nstopping: the simulator first, so the pipe can deliver what it has read...", file=sys.stderr)
+        _drain_publisher(started)
         return 0
     finally:
         _stop(started)

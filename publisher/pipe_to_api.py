@@ -18,6 +18,7 @@ if not __package__:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import threading  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
@@ -187,4 +188,9 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The stdin reader is a daemon thread that may still block in read(); interpreter shutdown
+    # would then abort on the stdin lock ("could not acquire lock ... at interpreter shutdown").
+    os._exit(code)
