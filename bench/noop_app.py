@@ -1,0 +1,50 @@
+"""The HTTP ceiling: the same server stack as the ingest API (uvicorn + uvloop + httptools + FastAPI,
+same worker count) answering a no-op POST /ingest of the same body. Not part of the product.
+
+    python -m bench.noop_app --port 8123 --workers 1
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import orjson
+from fastapi import FastAPI, Request, Response
+
+app = FastAPI(title="no-op ingest (benchmark ceiling)")
+_ANSWER = orjson.dumps({"raw_id": 0, "processed_id": 0, "status": "ok"})
+
+
+@app.post("/ingest")
+async def ingest(request: Request) -> Response:
+    await request.body()  # read the body like the real route does, then do nothing with it
+    return Response(_ANSWER, media_type="application/json")
+
+
+@app.get("/readyz")
+async def readyz() -> Response:
+    return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    uvicorn.run(
+        "bench.noop_app:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
