@@ -115,6 +115,7 @@ def load(
         total += w
         cum.append(total)
     step = (end - start) / facts
+    load_started = time.time()
     request = f"bulk-{int(time.time())}"
     done = 0
     while done < facts:
@@ -131,9 +132,9 @@ def load(
             if ingest_now is not None:
                 ingested = ingest_now
             elif rng.random() < 0.01:
-                ingested = ts + rng.uniform(60, 6 * 3600)
+                ingested = min(ts + rng.uniform(60, 6 * 3600), load_started)
             else:
-                ingested = ts + rng.uniform(0.05, 2.0)
+                ingested = min(ts + rng.uniform(0.05, 2.0), load_started)
             ingested_iso = _iso(ingested)
             payload = json.dumps(
                 {"device_id": device.id, "event_type": TYPE_NAMES[type_id], "value": value, "timestamp": ts},
