@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -13,6 +14,8 @@ from ingest_service.core.observability import METRICS
 
 router = APIRouter(tags=["operations"])
 HEAD = head_revision()
+# How long readiness waits for a connection, and for the ledger's lock.
+READY_TIMEOUT_SECONDS = 1.0
 
 
 @router.get("/healthz", response_model=Health)
@@ -23,13 +26,21 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(request: Request) -> Response:
-    """The database is reachable and migrated to the schema this build expects."""
+    """The database is reachable, migrated to the schema this build expects, and the ledger takes
+    writes: a lock that would block an insert into raw_record (or an exhausted pool) means unready."""
     pool = request.app.state.pool
     try:
-        async with pool.connection(timeout=2.0) as conn:
+        async with pool.connection(timeout=READY_TIMEOUT_SECONDS) as conn, conn.transaction():
+            await conn.execute(f"set local lock_timeout = {int(READY_TIMEOUT_SECONDS * 1000)}")
             cur = await conn.execute("select version_num from ingest.alembic_version")
             row = await cur.fetchone()
-    except (PoolTimeout, Exception) as exc:  # any failure here means: not ready
+            # the lock every insert into the ledger takes; the transaction ends right away
+            await conn.execute("lock table ingest.raw_record in row exclusive mode")
+    except PoolTimeout as exc:
+        return JSONResponse({"status": "unready", "detail": f"no database connection free: {exc}"[:300]}, 503)
+    except psycopg.errors.LockNotAvailable:
+        return JSONResponse({"status": "unready", "detail": "the ledger is locked: inserts would wait"}, 503)
+    except Exception as exc:  # any other failure here means: not ready
         return JSONResponse({"status": "unready", "detail": f"database unreachable: {exc}"[:300]}, 503)
     if row is None or row[0] != HEAD:
         return JSONResponse({"status": "unready", "detail": f"schema at {row and row[0]}, expected {HEAD}"}, 503)
