@@ -61,7 +61,7 @@ class AnalyticsReader:
         self._kwargs = connection_kwargs(settings)
         self.pool = AsyncConnectionPool(
             url,
-            min_size=1,
+            min_size=0,  # connects on first use: an unused or not-yet-migrated analytics side stays quiet
             max_size=settings.analytics_pool_max_size,
             open=False,
             kwargs=self._kwargs,
