@@ -1,0 +1,23 @@
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from orchestration.defs.dbt.project import dbt_project
+from orchestration.lib.postgres import PostgresResource
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    # Both read the POSTGRES_* namespace that `iot-platform` derives from DATABASE_URL or the embedded
+    # server: dbt through dbt_project/profiles.yml, the Python checks through this resource.
+    return dg.Definitions(
+        resources={
+            "dbt": DbtCliResource(project_dir=dbt_project),
+            "postgres": PostgresResource(
+                host=dg.EnvVar("POSTGRES_HOST"),
+                port=dg.EnvVar.int("POSTGRES_PORT"),
+                user=dg.EnvVar("POSTGRES_USER"),
+                password=dg.EnvVar("POSTGRES_PASSWORD"),
+                dbname=dg.EnvVar("POSTGRES_DB"),
+            ),
+        }
+    )

@@ -1,0 +1,36 @@
+"""Pure helpers that turn run context into dbt CLI arguments (unit-tested in tests/orchestration)."""
+
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+# Unit tests need fixed inputs, not the warehouse: CI runs them with `dbt test --select test_type:unit`.
+# Inside Dagster's build they would not map to checks anyway (dagster-io/dagster#34080).
+EXCLUDE_UNIT_TESTS = ["--exclude-resource-type", "unit_test"]
+
+
+def dbt_build_args(*, full_refresh: bool = False, dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
+    """`dbt build` with the project's fixed flags, plus --full-refresh and --vars when asked."""
+    args = ["build", *EXCLUDE_UNIT_TESTS]
+    if full_refresh:
+        args.append("--full-refresh")
+    if dbt_vars:
+        args += ["--vars", json.dumps(dict(dbt_vars), sort_keys=True)]
+    return args
+
+
+def rollup_vars(window: dg.TimeWindow, now: datetime) -> dict[str, str]:
+    """dbt vars for one run of the hourly rollup over a window of ingest days.
+
+    fct_readings_hourly re-aggregates every (device, type, hour) group that has facts ingested after
+    `rollup_since`; unset, after its own watermark. A window still open (today) is an ordinary
+    incremental run, whose cost is the new data. A closed window (a backfill of past days) re-rolls
+    from its start: the model has no upper bound, so groups touched later are re-rolled too, which
+    costs more but yields the same rows.
+    """
+    if window.end > now:
+        return {}
+    return {"rollup_since": window.start.isoformat()}

@@ -1,0 +1,54 @@
+"""A small PostgreSQL resource for the Python checks and metrics (dbt connects through its own profile)."""
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import dagster as dg
+import psycopg
+from psycopg.conninfo import make_conninfo
+from psycopg.rows import dict_row
+
+
+class PostgresResource(dg.ConfigurableResource):
+    """The database the API writes and dbt builds into, from the shared POSTGRES_* settings.
+
+    `host` may be a unix socket folder: the embedded server listens only there.
+    """
+
+    host: str
+    port: int = 5432
+    user: str
+    password: str = ""
+    dbname: str
+    connect_timeout: int = 10
+
+    @property
+    def conninfo(self) -> str:
+        return make_conninfo(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password or None,
+            dbname=self.dbname,
+            connect_timeout=self.connect_timeout,
+            application_name="dagster",
+        )
+
+    @contextmanager
+    def connect(self) -> Iterator[psycopg.Connection]:
+        # Read-only and autocommit: the checks and metrics only look, and must never hold a snapshot
+        # open while the API keeps writing.
+        with psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row) as conn:
+            conn.execute("set default_transaction_read_only = on")
+            yield conn
+
+    def fetch_all(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        with self.connect() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> dict[str, Any]:
+        with self.connect() as conn:
+            row = conn.execute(query, params).fetchone()
+        assert row is not None, "query returned no row"
+        return row
