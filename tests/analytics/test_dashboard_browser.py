@@ -1,0 +1,198 @@
+"""The dashboard in a real browser: headless Chromium (Debian's package) against `iot-platform serve`.
+
+Chromium dumps the DOM after a virtual-time budget; the page's script marks each canvas with
+data-rendered / data-points after Chart.js has drawn it, and tables carry data-table / data-row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from ingest_service.core.config import PROJECT_ROOT
+from ingest_service.runner import wait_ready
+from tests.analytics.conftest import API_KEY, AnalyticsDb
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="needs Debian's headless Chromium: `apt-get install -y chromium` (.ci/run installs it)",
+    ),
+]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,2200",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(analytics_db: AnalyticsDb) -> Iterator[str]:
+    """A real `iot-platform serve` process on a free port, with the analytics key configured."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": analytics_db.target.url,
+        "DEV_MODE": "1",
+        "ANALYTICS_API_KEY": API_KEY,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ingest_service.cli", "serve", "--port", str(port), "--no-migrate"],
+        cwd=PROJECT_ROOT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base + "/readyz", timeout=60, process=proc)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def dump_dom(url: str, profile: Path, budget_ms: int = 8000) -> str:
+    assert CHROMIUM is not None
+    result = subprocess.run(
+        [
+            CHROMIUM,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--virtual-time-budget={budget_ms}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+class Dom(HTMLParser):
+    """Just enough of the DOM: elements with their attributes and, for table cells, their text."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.elements: list[tuple[str, dict[str, str]]] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = {k: v or "" for k, v in attrs}
+        self.elements.append((tag, attributes))
+        if tag == "table":
+            self._table = attributes.get("data-table", "")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None and "data-row" in attributes:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._table is not None and self.tables[self._table]:
+            self._cell = []
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "td" and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data: str) -> None:
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def first(self, tag: str, **attrs: str) -> dict[str, str]:
+        for name, attributes in self.elements:
+            if name == tag and all(attributes.get(k.replace("_", "-")) == v for k, v in attrs.items()):
+                return attributes
+        raise AssertionError(f"no <{tag} {attrs}> in the page")
+
+
+def test_dashboard_renders_charts_and_tables_with_data(server: str, analytics_db: AnalyticsDb, tmp_path: Path) -> None:
+    dom = Dom(dump_dom(f"{server}/dashboard?key={API_KEY}&refresh=3", tmp_path / "profile", budget_ms=10000))
+
+    body = dom.first("body")
+    assert body["data-state"] == "ready", body
+    assert int(body["data-refreshes"]) >= 2  # it refreshed on its own
+
+    for chart in ("chart-format-share", "chart-device-states", "chart-error-rate"):
+        canvas = dom.first("canvas", id=chart)
+        assert canvas.get("data-rendered") == "true", (chart, canvas)
+        assert int(canvas["data-points"]) > 0
+
+    with psycopg.connect(analytics_db.target.url) as conn:
+        counts = dict(
+            conn.execute("select source_type, reading_count from analytics.metric_counts_by_format").fetchall()
+        )
+        switches = conn.execute("select count(*) from analytics.metric_side_switches").fetchone()[0]
+        reasons = {r for (r,) in conn.execute("select distinct reason from analytics.fct_ingest_error_rate_daily")}
+
+    # The default metric table: counts by format, as the model has them.
+    rows = dom.tables["metric_counts_by_format"]
+    assert {r[0]: int(r[2].replace(",", "")) for r in rows} == counts
+
+    # Every example with its SQL and its result rows.
+    for name in (
+        "counts_by_type",
+        "devices_both_formats",
+        "unified_recent",
+        "averages_compared",
+        "side_switches",
+        "side_switches_last_hour",
+    ):
+        dom.first("article", data_example=name)
+        assert dom.tables[f"example:{name}"], name
+    assert len(dom.tables["example:side_switches"]) == switches
+
+    # Error rate by reason, one row per reason and format.
+    assert {r[0] for r in dom.tables["error_rate_by_reason"]} == reasons
+
+    if shot := os.environ.get("DASHBOARD_SCREENSHOT"):  # for docs/analytics.md: a picture of this page
+        subprocess.run(
+            [
+                CHROMIUM,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={tmp_path / 'shot'}",
+                "--virtual-time-budget=10000",
+                f"--screenshot={Path(shot).resolve()}",
+                f"{server}/dashboard?key={API_KEY}&refresh=0",
+            ],
+            capture_output=True,
+            timeout=90,
+            check=True,
+        )
+
+
+def test_dashboard_asks_for_the_key(server: str, tmp_path: Path) -> None:
+    dom = Dom(dump_dom(f"{server}/dashboard?refresh=0", tmp_path / "profile", budget_ms=4000))
+    assert dom.first("body")["data-state"] == "needs-key"
+    assert "hidden" not in dom.first("form", id="key-form")
+    assert not any(rows for rows in dom.tables.values())
