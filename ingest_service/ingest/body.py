@@ -7,6 +7,8 @@ bytes for the ledger) that carries the reason it cannot be processed.
 from __future__ import annotations
 
 import json
+import math
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +18,8 @@ import orjson
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson", "application/json-seq")
 SUPPORTED_ENCODINGS = ("identity", "gzip", "x-gzip")
 UNPARSED = object()
+# orjson reads integers beyond 64 bits as (inexact) floats: such bodies go to the standard library.
+LONG_NUMBER = re.compile(rb"\d{19}")
 
 
 class BodyRejected(Exception):
@@ -45,14 +49,23 @@ def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
         return body
     if encoding not in SUPPORTED_ENCODINGS:
         raise BodyRejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    chunks: list[bytes] = []
+    size, data = 0, body
     try:
-        out = inflater.decompress(body, max_inflated + 1)
+        while True:  # a gzip body may be several members back to back (RFC 1952): inflate them all
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            chunks.append(inflater.decompress(data, max_inflated + 1 - size))
+            size += len(chunks[-1])
+            if size > max_inflated or inflater.unconsumed_tail or not inflater.eof or not inflater.unused_data:
+                break
+            data = inflater.unused_data
     except zlib.error as exc:
         raise BodyRejected(400, "invalid_gzip", f"body is not valid gzip: {exc}") from exc
-    if len(out) > max_inflated or inflater.unconsumed_tail:
+    if size > max_inflated or inflater.unconsumed_tail:
         raise BodyRejected(413, "inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
-    return out
+    if body and not inflater.eof:
+        raise BodyRejected(400, "invalid_gzip", "body is not valid gzip: the stream is truncated")
+    return b"".join(chunks)
 
 
 def _reject_constant(name: str) -> Any:
@@ -60,12 +73,15 @@ def _reject_constant(name: str) -> Any:
 
 
 def _loads(data: bytes) -> Any:
-    """orjson first; the standard library for what orjson refuses but JSON allows (huge integers)."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        text = data.decode("utf-8")  # UnicodeDecodeError is a ValueError: caller reports invalid_json
-        return json.loads(text, parse_constant=_reject_constant)
+    """orjson first; the standard library for what orjson refuses or reads inexactly but JSON allows
+    (integers beyond 64 bits, numbers beyond the float range)."""
+    if not LONG_NUMBER.search(data):
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+    text = data.decode("utf-8")  # UnicodeDecodeError is a ValueError: caller reports invalid_json
+    return json.loads(text, parse_constant=_reject_constant)
 
 
 def _text_or_bytes(data: bytes) -> tuple[str | None, bytes | None]:
@@ -86,7 +102,17 @@ def _json_text(value: Any) -> str | None:
         return None  # e.g. integers beyond 64 bits: kept as the original text instead
     if b"\\u0000" in dumped:  # jsonb rejects NUL in strings
         return None
+    if b"null" in dumped and _has_non_finite(value):  # orjson writes 1e400 (inf) as null
+        return None
     return dumped.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    return isinstance(value, list) and any(_has_non_finite(v) for v in value)
 
 
 def _item_from_bytes(data: bytes) -> BodyItem:
@@ -131,5 +157,10 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
         if not item.parsed:
             item.parse_error = ("empty_batch", "the JSON array holds no events")
             return False, [item]
-        return True, [_item_from_value(value) for value in item.parsed]
+        try:
+            return True, [_item_from_value(value) for value in item.parsed]
+        except RecursionError:  # an element nested too deeply to write out on its own: keep the body whole
+            text, raw = _text_or_bytes(body)
+            detail = "an array element is nested too deeply to store on its own; the body is kept whole"
+            return False, [BodyItem(None, text, raw, UNPARSED, ("invalid_json", detail))]
     return False, [item]

@@ -1,8 +1,10 @@
 """The ingest service: validates requests and hands them to writers that commit them in groups.
 
-Group commit: each writer takes the first waiting request, gathers more for up to
-`group_commit_window_ms` (or `group_commit_max_items`), and writes them all in one transaction.
-Every request is answered only after the transaction holding its rows has committed.
+Group commit: a dispatcher takes the first waiting request, gathers more for up to
+`group_commit_window_ms` (or `group_commit_max_items`), then waits for one of `writers` free
+transaction slots; while every slot is busy, requests keep joining the group, so groups grow with
+the load instead of queueing behind one another. Each group is written in one transaction, and
+every request is answered only after the transaction holding its rows has committed.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ class IngestService:
         self.catalog = RecordTypeCatalog()
         self.devices = DeviceCache()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._writers: list[asyncio.Task[None]] = []
+        self._writers: list[asyncio.Task[None]] = []  # the dispatcher
+        self._commits: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max(1, settings.writers))
         self._catalog_lock = asyncio.Lock()
         self.startup_limiter = FailedStartupLimiter(
             settings.failed_startups_per_serial, settings.failed_startup_window_seconds
@@ -56,17 +60,17 @@ class IngestService:
     async def start(self) -> None:
         with contextlib.suppress(psycopg.Error, PoolTimeout):
             await self.refresh_catalog()
-        self._writers = [
-            asyncio.create_task(self._writer_loop(), name=f"ingest-writer-{i}") for i in range(self.settings.writers)
-        ]
+        self._writers = [asyncio.create_task(self._dispatch_loop(), name="ingest-dispatcher")]
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop the writers."""
+        """Finish what is queued and in flight, then stop the dispatcher."""
         while not self._queue.empty():
             await asyncio.sleep(0.01)
+        await asyncio.gather(*self._commits, return_exceptions=True)
         for task in self._writers:
             task.cancel()
         await asyncio.gather(*self._writers, return_exceptions=True)
+        await asyncio.gather(*self._commits, return_exceptions=True)
 
     async def refresh_catalog(self) -> None:
         async with (
@@ -138,47 +142,65 @@ class IngestService:
         await self._catalog_for(items)
         job = _Job(self.classify(items, meta))
         self._queue.put_nowait(job)
-        METRICS.queue_depth.set(self._queue.qsize())
+        # One timer per request (cheaper than wait_for + shield, which add a task and two futures).
+        timer = asyncio.get_running_loop().call_later(self.settings.request_timeout_seconds, self._expire, job)
         try:
-            return await asyncio.wait_for(asyncio.shield(job.future), self.settings.request_timeout_seconds)
-        except TimeoutError as exc:
-            if job.in_flight:
-                # Its transaction is running (bounded by statement_timeout): the answer must say
-                # what it did, so wait for it rather than tell the client to retry.
-                return await job.future
-            # Writers skip cancelled jobs: a request that timed out in the queue is never stored
-            # after its client was told to retry.
-            job.future.cancel()
-            raise DatabaseUnavailable("timed out waiting for the database") from exc
+            return await job.future
+        finally:
+            timer.cancel()
 
-    async def _gather(self) -> list[_Job]:
-        first = await self._queue.get()
-        jobs, count = [first], len(first.items)
-        deadline = time.monotonic() + self.settings.group_commit_window_ms / 1000
-        while count < self.settings.group_commit_max_items:
-            if self._queue.empty():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
-                    break
-            else:
-                job = self._queue.get_nowait()
+    @staticmethod
+    def _expire(job: _Job) -> None:
+        """The request waited too long. A job whose transaction is running (bounded by
+        statement_timeout) is waited for: the answer must say what it did. A job still queued is
+        failed, and writers skip it: it is never stored after its client was told to retry."""
+        if not job.in_flight and not job.future.done():
+            job.future.set_exception(DatabaseUnavailable("timed out waiting for the database"))
+
+    def _drain(self, jobs: list[_Job], count: int) -> int:
+        """Move waiting requests into the group, up to the item cap (one request may pass it)."""
+        queue, cap = self._queue, self.settings.group_commit_max_items
+        while count < cap and not queue.empty():
+            job = queue.get_nowait()
             jobs.append(job)
             count += len(job.items)
+        return count
+
+    async def _gather(self) -> list[_Job]:
+        jobs = [await self._queue.get()]
+        count = self._drain(jobs, len(jobs[0].items))
+        window = self.settings.group_commit_window_ms / 1000
+        if count < self.settings.group_commit_max_items and window > 0:
+            # One timer per group (not one per request): let concurrent requests arrive, then take them all.
+            await asyncio.sleep(window)
+            count = self._drain(jobs, count)
+        await self._slots.acquire()
+        # Requests that arrived while every writer was busy join this group.
+        self._drain(jobs, count)
         METRICS.queue_depth.set(self._queue.qsize())
         live = [job for job in jobs if not job.future.done()]
         for job in live:
             job.in_flight = True
         return live
 
-    async def _writer_loop(self) -> None:
+    async def _dispatch_loop(self) -> None:
         while True:
             jobs = await self._gather()
-            if jobs:
-                await self._commit(jobs)
+            if not jobs:
+                self._slots.release()
+                continue
+            task = asyncio.create_task(self._commit_and_release(jobs))
+            self._commits.add(task)
+            task.add_done_callback(self._commits.discard)
+
+    async def _commit_and_release(self, jobs: list[_Job]) -> None:
+        try:
+            await self._commit(jobs)
+        except Exception as exc:  # never leave a request without an answer
+            log.exception("commit failed")
+            self._fail(jobs, DatabaseUnavailable(f"the write failed: {exc}"[:300]))
+        finally:
+            self._slots.release()
 
     async def _commit(self, jobs: list[_Job]) -> None:
         items = [item for job in jobs for item in job.items]

@@ -54,12 +54,23 @@ def provision_token(secret: str, serial: str) -> str:
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to show"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _as_float(value: int | float) -> float:
+    """An integer beyond the float range (10**400 is valid JSON) becomes an infinity, never an OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _safe_label(value: Any) -> str | None:
@@ -72,7 +83,7 @@ def _safe_label(value: Any) -> str | None:
 def _check_timestamp(value: Any, now: float, max_skew: float) -> Rejection | float:
     if not _is_number(value):
         return Rejection("invalid", "wrong_type", f"timestamp must be epoch seconds (a number), got {_describe(value)}")
-    ts = float(value)
+    ts = _as_float(value)
     if not math.isfinite(ts):
         return Rejection("invalid", "invalid_timestamp", "timestamp must be a finite number")
     if ts < EPOCH_2000:
@@ -112,7 +123,7 @@ def validate_telemetry(event: dict[str, Any], catalog: RecordTypeCatalog, now: f
     value = event["value"]
     if not _is_number(value):
         return Rejection("invalid", "wrong_type", f"value must be a number, got {_describe(value)}", label, device_id)
-    value = float(value)
+    value = _as_float(value)
     if not math.isfinite(value) or not record_type.min_value <= value <= record_type.max_value:
         return Rejection(
             "invalid",

@@ -1,5 +1,10 @@
 """The write path: a batch of items becomes ledger rows and outcomes in one transaction, in a
-constant number of statements whatever the batch size (array parameters, no per-item round trips)."""
+constant number of statements whatever the batch size (array parameters, no per-item round trips).
+
+The common batch (telemetry and rejected items, devices already known) is one statement plus the
+commit: it allocates the raw ids, writes the ledger, the facts and the errors together. Startups,
+unknown provisioned devices, device touches and replayed facts each add one statement when present.
+"""
 
 from __future__ import annotations
 
@@ -15,35 +20,67 @@ from ingest_service.ingest.validation import LEGACY_DEVICE_ID_MAX, Rejection, St
 # rewritten by every batch.
 DEVICE_TOUCH_INTERVAL_SECONDS = 60.0
 
-ALLOCATE_RAW_IDS = "select nextval('ingest.raw_record_id_seq') from generate_series(1, %s)"
-ALLOCATE_DEVICE_IDS = "select nextval('ingest.device_provisioned_id_seq') from generate_series(1, %s)"
+# Parameters go in binary (%b): psycopg's text array dumper escapes every string element with a
+# regular expression (about 40 us per element), the binary one does not.
+ALLOCATE_DEVICE_IDS = "select nextval('ingest.device_provisioned_id_seq') from generate_series(1, %b)"
 
-INSERT_RAW = """
-insert into ingest.raw_record
-    (id, request_id, batch_index, content_type, content_encoding, remote_addr, payload, body_text, body_bytes)
-select u.id, u.request_id, u.batch_index, u.content_type, u.content_encoding, u.remote_addr,
-       u.payload::jsonb, u.body_text, u.body_bytes
-from unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-            %s::bytea[])
-    as u(id, request_id, batch_index, content_type, content_encoding, remote_addr, payload, body_text, body_bytes)
+# Ledger rows, facts and known errors in one statement. `raw` is materialized once, so each item
+# gets one id; the facts' and errors' foreign keys to the ledger are checked at the end of the
+# statement, when the ledger rows exist. Facts conflict-skip (idempotency); the skipped ones are
+# matched to the fact they repeat by INSERT_DUPLICATES in the next statement.
+WRITE_MAIN = """
+with raw as materialized (
+    select nextval('ingest.raw_record_id_seq') as id, u.*
+    from unnest(%b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[])
+        with ordinality
+        as u(request_id, batch_index, content_type, content_encoding, remote_addr, payload, body_text, body_bytes, pos)
+),
+ledger as (
+    insert into ingest.raw_record
+        (id, request_id, batch_index, content_type, content_encoding, remote_addr, payload, body_text, body_bytes)
+    select id, request_id, batch_index, content_type, content_encoding, remote_addr, payload::jsonb, body_text,
+           body_bytes
+    from raw
+    order by pos
+),
+facts as (
+    insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value)
+    select raw.id, f.device_id, f.type_id, to_timestamp(f.ts), f.value
+    from unnest(%b::int[], %b::bigint[], %b::smallint[], %b::float8[], %b::float8[])
+        as f(pos, device_id, type_id, ts, value)
+    join raw using (pos)
+    order by f.pos
+    on conflict do nothing
+    returning id, raw_record_id
+),
+errors as (
+    insert into ingest.ingest_error (raw_record_id, reason, detail, event_type, device_id)
+    select raw.id, e.reason, e.detail, e.event_type, e.device_id
+    from unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[])
+        as e(pos, reason, detail, event_type, device_id)
+    join raw using (pos)
+)
+select (select array_agg(id order by pos) from raw),
+       (select array_agg(raw_record_id) from facts),
+       (select array_agg(id) from facts)
 """
 
-FIND_DEVICES = "select id from ingest.device where id = any(%s::bigint[])"
+FIND_DEVICES = "select id from ingest.device where id = any(%b::bigint[])"
 
 TOUCH_DEVICES = """
 insert into ingest.device (id, origin)
-select id, 'legacy' from unnest(%s::bigint[]) as u(id)
+select id, 'legacy' from unnest(%b::bigint[]) as u(id)
 on conflict (id) do update set last_seen_at = now()
 """
 
 FIND_STARTUP_DEVICES = """
-select id, serial from ingest.device where serial = any(%s::text[]) or id = any(%s::bigint[])
+select id, serial from ingest.device where serial = any(%b::text[]) or id = any(%b::bigint[])
 """
 
 UPSERT_STARTUP_DEVICES = """
 insert into ingest.device as d (id, serial, firmware, origin, provisioned_at)
 select u.id, u.serial, u.firmware, u.origin, now()
-from unnest(%s::bigint[], %s::text[], %s::text[], %s::text[]) as u(id, serial, firmware, origin)
+from unnest(%b::bigint[], %b::text[], %b::text[], %b::text[]) as u(id, serial, firmware, origin)
 on conflict (id) do update
     set serial = excluded.serial,
         firmware = coalesce(excluded.firmware, d.firmware),
@@ -54,25 +91,16 @@ on conflict (id) do update
 INSERT_STARTUPS = """
 insert into ingest.device_startup (raw_record_id, device_id, serial, firmware, started_at, upgraded_legacy)
 select u.raw_id, u.device_id, u.serial, u.firmware, to_timestamp(u.started_at), u.upgraded
-from unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::float8[], %s::bool[])
+from unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::float8[], %b::bool[])
     as u(raw_id, device_id, serial, firmware, started_at, upgraded)
 """
 
-INSERT_FACTS = """
-insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value)
-select u.raw_id, u.device_id, u.type_id, to_timestamp(u.ts), u.value
-from unnest(%s::bigint[], %s::bigint[], %s::smallint[], %s::float8[], %s::float8[])
-    as u(raw_id, device_id, type_id, ts, value)
-on conflict do nothing
-returning id, raw_record_id
-"""
-
 # The facts a replayed event repeats; ON CONFLICT above waited for any concurrent writer, so the
-# fact it conflicted with is visible to this statement.
+# fact it conflicted with is visible to this statement (a new snapshot).
 INSERT_DUPLICATES = """
 insert into ingest.raw_duplicate (raw_record_id, processed_record_id)
 select u.raw_id, p.id
-from unnest(%s::bigint[], %s::bigint[], %s::smallint[], %s::float8[], %s::float8[])
+from unnest(%b::bigint[], %b::bigint[], %b::smallint[], %b::float8[], %b::float8[])
     as u(raw_id, device_id, type_id, ts, value)
 join ingest.processed_record as p
     on p.device_id = u.device_id
@@ -84,7 +112,7 @@ returning raw_record_id, processed_record_id
 
 INSERT_ERRORS = """
 insert into ingest.ingest_error (raw_record_id, reason, detail, event_type, device_id)
-select * from unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::bigint[])
+select * from unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[])
 """
 
 
@@ -183,21 +211,21 @@ async def write_batch(
     """Store `items` inside the caller's transaction. Returns the results in input order and the
     device ids to remember in the cache once the transaction has committed."""
     now = time.monotonic()
-    raw_ids = await _column(conn, ALLOCATE_RAW_IDS, len(items))
     outcomes = [item.outcome for item in items]
+    touched = cache.touched
 
     # Telemetry for provisioned ids (>= 2^31) needs the device to exist; legacy ids are created lazily.
     unknown_provisioned = sorted(
         {
             o.device_id
             for o in outcomes
-            if isinstance(o, Telemetry) and o.device_id > LEGACY_DEVICE_ID_MAX and o.device_id not in cache.touched
+            if type(o) is Telemetry and o.device_id > LEGACY_DEVICE_ID_MAX and o.device_id not in touched
         }
     )
     if unknown_provisioned:
         missing = set(unknown_provisioned) - set(await _column(conn, FIND_DEVICES, unknown_provisioned))
         for pos, o in enumerate(outcomes):
-            if isinstance(o, Telemetry) and o.device_id in missing:
+            if type(o) is Telemetry and o.device_id in missing:
                 outcomes[pos] = Rejection(
                     "invalid",
                     "unknown_device",
@@ -206,7 +234,7 @@ async def write_batch(
                     o.device_id,
                 )
 
-    startups = [(pos, o) for pos, o in enumerate(outcomes) if isinstance(o, Startup)]
+    startups = [(pos, o) for pos, o in enumerate(outcomes) if type(o) is Startup]
     startup_devices: dict[int, int] = {}
     upgraded: dict[int, bool] = {}
     if startups:
@@ -217,12 +245,12 @@ async def write_batch(
             if isinstance(verdict, Rejection):
                 outcomes[pos] = verdict
                 continue
-            startup_devices[pos] = verdict
+            startup_devices[pos] = verdict  # type: ignore[assignment]
             upgraded[pos] = s.device_id is not None
-            rows[verdict] = (
+            rows[verdict] = (  # type: ignore[index]
                 s.serial,
                 s.firmware,
-                "legacy" if verdict <= LEGACY_DEVICE_ID_MAX else "provisioned",
+                "legacy" if verdict <= LEGACY_DEVICE_ID_MAX else "provisioned",  # type: ignore[operator]
             )
         ids = sorted(rows)
         await conn.execute(
@@ -230,52 +258,107 @@ async def write_batch(
             (ids, [rows[i][0] for i in ids], [rows[i][1] for i in ids], [rows[i][2] for i in ids]),
         )
 
+    # Facts and known errors, by 1-based position (the `with ordinality` of the main statement).
+    fact_pos: list[int] = []
+    fact_device: list[int] = []
+    fact_type: list[int] = []
+    fact_time: list[float] = []
+    fact_value: list[float] = []
+    error_pos: list[int] = []
+    errors: list[Rejection] = []
+    touch_set: set[int] = set()
+    for pos, o in enumerate(outcomes, 1):
+        kind = type(o)
+        if kind is Telemetry:
+            device_id = o.device_id  # type: ignore[union-attr]
+            fact_pos.append(pos)
+            fact_device.append(device_id)
+            fact_type.append(o.record_type_id)  # type: ignore[union-attr]
+            fact_time.append(o.record_time)  # type: ignore[union-attr]
+            fact_value.append(o.value)  # type: ignore[union-attr]
+            last = touched.get(device_id)
+            if last is None or now - last > DEVICE_TOUCH_INTERVAL_SECONDS:
+                touch_set.add(device_id)
+        elif kind is Rejection:
+            error_pos.append(pos)
+            errors.append(o)  # type: ignore[arg-type]
+
     # Sorted, so concurrent transactions lock device rows in the same order and cannot deadlock.
     # Provisioned ids here exist already (checked above), so only legacy ids can be inserted.
-    touch = sorted({o.device_id for o in outcomes if isinstance(o, Telemetry) and cache.needs_touch(o.device_id, now)})
+    touch = sorted(touch_set)
     if touch:
         await conn.execute(TOUCH_DEVICES, (touch,))
 
-    await conn.execute(
-        INSERT_RAW,
+    metas = [item.meta for item in items]
+    bodies = [item.body for item in items]
+    cur = await conn.execute(
+        WRITE_MAIN,
         (
-            raw_ids,
-            [item.meta.request_id for item in items],
+            [m.request_id for m in metas],
             [item.batch_index for item in items],
-            [item.meta.content_type for item in items],
-            [item.meta.content_encoding for item in items],
-            [item.meta.remote_addr for item in items],
-            [item.body.payload for item in items],
-            [item.body.body_text for item in items],
-            [item.body.body_bytes for item in items],
+            [m.content_type for m in metas],
+            [m.content_encoding for m in metas],
+            [m.remote_addr for m in metas],
+            [b.payload for b in bodies],
+            [b.body_text for b in bodies],
+            [b.body_bytes for b in bodies],
+            fact_pos,
+            fact_device,
+            fact_type,
+            fact_time,
+            fact_value,
+            error_pos,
+            [e.reason for e in errors],
+            [e.detail for e in errors],
+            [e.event_type for e in errors],
+            [e.device_id for e in errors],
         ),
     )
+    row = await cur.fetchone()
+    assert row is not None
+    raw_ids: list[int] = row[0]
+    inserted = dict(zip(row[1] or (), row[2] or (), strict=True))  # raw id -> fact id
 
     results: list[ItemResult | None] = [None] * len(items)
-    facts = [(pos, o) for pos, o in enumerate(outcomes) if isinstance(o, Telemetry)]
-    if facts:
-        columns = (
-            [raw_ids[pos] for pos, _ in facts],
-            [o.device_id for _, o in facts],
-            [o.record_type_id for _, o in facts],
-            [o.record_time for _, o in facts],
-            [o.value for _, o in facts],
-        )
-        cur = await conn.execute(INSERT_FACTS, columns)
-        inserted = {raw_id: fact_id for fact_id, raw_id in await cur.fetchall()}
-        repeats = [i for i, (pos, _) in enumerate(facts) if raw_ids[pos] not in inserted]
+    if fact_pos:
+        repeats = [i for i, pos in enumerate(fact_pos) if raw_ids[pos - 1] not in inserted]
         duplicates: dict[int, int] = {}
         if repeats:
-            cur = await conn.execute(INSERT_DUPLICATES, tuple([col[i] for i in repeats] for col in columns))
+            cur = await conn.execute(
+                INSERT_DUPLICATES,
+                (
+                    [raw_ids[fact_pos[i] - 1] for i in repeats],
+                    [fact_device[i] for i in repeats],
+                    [fact_type[i] for i in repeats],
+                    [fact_time[i] for i in repeats],
+                    [fact_value[i] for i in repeats],
+                ),
+            )
             duplicates = dict(await cur.fetchall())
-        for pos, _ in facts:
-            raw_id = raw_ids[pos]
-            if raw_id in inserted:
-                results[pos] = ItemResult(raw_id, "ok", processed_id=inserted[raw_id])
+        lost: list[int] = []
+        for pos in fact_pos:
+            raw_id = raw_ids[pos - 1]
+            fact_id = inserted.get(raw_id)
+            if fact_id is not None:
+                results[pos - 1] = ItemResult(raw_id, "ok", processed_id=fact_id)
             elif raw_id in duplicates:
-                results[pos] = ItemResult(raw_id, "duplicate", processed_id=duplicates[raw_id])
+                results[pos - 1] = ItemResult(raw_id, "duplicate", processed_id=duplicates[raw_id])
             else:  # cannot happen while uq_processed_event holds; never leave a raw row without outcome
-                outcomes[pos] = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
+                lost.append(pos - 1)
+        if lost:
+            rejection = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
+            await conn.execute(
+                INSERT_ERRORS,
+                (
+                    [raw_ids[i] for i in lost],
+                    [rejection.reason] * len(lost),
+                    [rejection.detail] * len(lost),
+                    [None] * len(lost),
+                    [None] * len(lost),
+                ),
+            )
+            for i in lost:
+                results[i] = _rejected(raw_ids[i], rejection)
 
     if startup_devices:
         positions = sorted(startup_devices)
@@ -293,21 +376,9 @@ async def write_batch(
         for p in positions:
             results[p] = ItemResult(raw_ids[p], "provisioned", device_id=startup_devices[p])
 
-    errors = [(pos, o) for pos, o in enumerate(outcomes) if isinstance(o, Rejection)]
-    if errors:
-        await conn.execute(
-            INSERT_ERRORS,
-            (
-                [raw_ids[pos] for pos, _ in errors],
-                [o.reason for _, o in errors],
-                [o.detail for _, o in errors],
-                [o.event_type for _, o in errors],
-                [o.device_id for _, o in errors],
-            ),
-        )
-        for pos, o in errors:
-            results[pos] = _rejected(raw_ids[pos], o)
+    for pos, rejection in zip(error_pos, errors, strict=True):
+        results[pos - 1] = _rejected(raw_ids[pos - 1], rejection)
 
     final = [r for r in results if r is not None]
     assert len(final) == len(items), "every item must have exactly one outcome"
-    return final, set(touch) | set(startup_devices.values())
+    return final, touch_set | set(startup_devices.values())
