@@ -24,7 +24,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
@@ -125,9 +125,7 @@ def load(
         for j, device in enumerate(chosen):
             ts = start + (done + j) * step
             kind = rng.random()
-            type_id = (
-                _extension_type(device, ts) if kind < 0.6 else TYPE_BATTERY if kind < 0.8 else TYPE_HEIGHT
-            )
+            type_id = _extension_type(device, ts) if kind < 0.6 else TYPE_BATTERY if kind < 0.8 else TYPE_HEIGHT
             value = _value(rng, type_id)
             if ingest_now is not None:
                 ingested = ingest_now
@@ -170,9 +168,12 @@ def load(
 
 
 def insert_devices(conn: psycopg.Connection, devices: list[Device], start: float, end: float) -> None:
-    with conn.cursor() as cur, cur.copy(
-        "copy ingest.device (id, serial, firmware, origin, provisioned_at, first_seen_at, last_seen_at) from stdin"
-    ) as copy:
+    with (
+        conn.cursor() as cur,
+        cur.copy(
+            "copy ingest.device (id, serial, firmware, origin, provisioned_at, first_seen_at, last_seen_at) from stdin"
+        ) as copy,
+    ):
         for d in devices:
             provisioned = d.kind == "new"
             copy.write_row(
@@ -226,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
                 "on p.device_id = d.id and p.record_type_id in (%s, %s) group by d.id order by d.id",
                 (TYPE_MM, PROVISIONED_ID_BASE, TYPE_TICKS, TYPE_MM),
             ).fetchall()
-            devices = [
-                Device(int(i), "new" if on_mm else "legacy", 0.0, rng.paretovariate(1.5)) for i, on_mm in kinds
-            ]
+            devices = [Device(int(i), "new" if on_mm else "legacy", 0.0, rng.paretovariate(1.5)) for i, on_mm in kinds]
             hour_facts = args.hour_facts or max(1, round(count / ((last - first) / 3600)))
             load(conn, devices, hour_facts, last + 1, last + 3600, rng, ingest_now=time.time())
             print(f"appended {hour_facts:,} facts (one hour) to {args.database}")

@@ -87,8 +87,10 @@ def make_scenario(seed: int = 7, devices: int = 12, count: int = 1500, secret: s
         if kind == TICKS:
             value = float(rng.randint(0, 3000))
         elif kind == MM:
-            value = rng.choice([0.0, round(rng.uniform(-150, 150), 2)]) if rng.random() < 0.1 else round(
-                rng.uniform(-150, 150), 2
+            value = (
+                rng.choice([0.0, round(rng.uniform(-150, 150), 2)])
+                if rng.random() < 0.1
+                else round(rng.uniform(-150, 150), 2)
             )
         elif kind == BATTERY:
             value = round(rng.uniform(0, 100), 1)
@@ -113,12 +115,15 @@ def make_scenario(seed: int = 7, devices: int = 12, count: int = 1500, secret: s
         events.append(event)
     new_serial = "SN-NEW-0001"
     events.append(
-        {"event_type": STARTUP, "serial": new_serial, "provision_token": provision_token(secret, new_serial),
-         "timestamp": end - 30, "firmware": "2.0.0"}
+        {
+            "event_type": STARTUP,
+            "serial": new_serial,
+            "provision_token": provision_token(secret, new_serial),
+            "timestamp": end - 30,
+            "firmware": "2.0.0",
+        }
     )
-    events.append(
-        {"event_type": STARTUP, "serial": "SN-FORGED", "provision_token": "00" * 32, "timestamp": end - 20}
-    )
+    events.append({"event_type": STARTUP, "serial": "SN-FORGED", "provision_token": "00" * 32, "timestamp": end - 20})
     scenario = Scenario(events, [], as_of=end, upgraded_device=upgraded, secret=secret)
     classify(scenario)
     return scenario

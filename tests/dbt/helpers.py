@@ -77,9 +77,7 @@ def ensure_legacy_device(conn: psycopg.Connection, device_id: int) -> None:
     )
 
 
-def insert_fact(
-    conn: psycopg.Connection, raw_id: int, device_id: int, event_type: str, ts: float, value: float
-) -> int:
+def insert_fact(conn: psycopg.Connection, raw_id: int, device_id: int, event_type: str, ts: float, value: float) -> int:
     ensure_legacy_device(conn, device_id)
     row = conn.execute(
         "insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value) "
@@ -121,8 +119,14 @@ def load_via_sql(target: DatabaseTarget, scenario: Scenario) -> None:
                 conn.execute(
                     "insert into ingest.device_startup (raw_record_id, device_id, serial, firmware, started_at, "
                     "upgraded_legacy) values (%s, %s, %s, %s, %s, %s)",
-                    (raw_id, device_id, event["serial"], event.get("firmware"), iso(event["timestamp"]),
-                     "device_id" in event),
+                    (
+                        raw_id,
+                        device_id,
+                        event["serial"],
+                        event.get("firmware"),
+                        iso(event["timestamp"]),
+                        "device_id" in event,
+                    ),
                 )
             else:
                 event_type = event.get("event_type")
@@ -130,8 +134,13 @@ def load_via_sql(target: DatabaseTarget, scenario: Scenario) -> None:
                 conn.execute(
                     "insert into ingest.ingest_error (raw_record_id, reason, detail, event_type, device_id) "
                     "values (%s, %s, %s, %s, %s)",
-                    (raw_id, outcome.reason, f"test: {outcome.reason}", event_type if isinstance(event_type, str)
-                     else None, device if isinstance(device, int) and event_type != STARTUP else None),
+                    (
+                        raw_id,
+                        outcome.reason,
+                        f"test: {outcome.reason}",
+                        event_type if isinstance(event_type, str) else None,
+                        device if isinstance(device, int) and event_type != STARTUP else None,
+                    ),
                 )
             if i % 100 == 99:
                 conn.commit()

@@ -91,14 +91,17 @@ def check_metric_side_switches_last_hour(db: DatabaseTarget, exp: dict[str, Any]
 
 @check
 def check_metric_extension_vs_retraction(db: DatabaseTarget, exp: dict[str, Any]) -> None:
-    rows = query(db, "select device_id, extensions, retractions, unchanged from analytics.metric_extension_vs_retraction")
+    rows = query(
+        db, "select device_id, extensions, retractions, unchanged from analytics.metric_extension_vs_retraction"
+    )
     assert {r[0]: tuple(r[1:]) for r in rows} == exp["extension_vs_retraction"]
 
 
 @check
 def check_metric_battery_summary(db: DatabaseTarget, exp: dict[str, Any]) -> None:
     rows = query(
-        db, "select device_id, min_pct, max_pct, avg_pct, reading_count, last_seen_at from analytics.metric_battery_summary"
+        db,
+        "select device_id, min_pct, max_pct, avg_pct, reading_count, last_seen_at from analytics.metric_battery_summary",
     )
     got = {r[0]: (approx(r[1]), approx(r[2]), approx(r[3]), r[4], pytest.approx(epoch(r[5]), abs=1e-3)) for r in rows}
     assert got == exp["battery"]
@@ -107,8 +110,9 @@ def check_metric_battery_summary(db: DatabaseTarget, exp: dict[str, Any]) -> Non
 @check
 def check_metric_platform_height(db: DatabaseTarget, exp: dict[str, Any]) -> None:
     rows = query(
-        db, "select device_id, min_height_mm, max_height_mm, avg_height_mm, reading_count "
-        "from analytics.metric_platform_height"
+        db,
+        "select device_id, min_height_mm, max_height_mm, avg_height_mm, reading_count "
+        "from analytics.metric_platform_height",
     )
     got = {r[0]: (approx(r[1]), approx(r[2]), approx(r[3]), r[4]) for r in rows}
     assert got == {d: v[:4] for d, v in exp["height"].items()}

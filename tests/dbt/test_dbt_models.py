@@ -8,7 +8,7 @@ the same metric checks on data that went through POST /ingest.
 
 from __future__ import annotations
 
-import time
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,9 +56,7 @@ def test_metric_equals_python_computation(built_db: DatabaseTarget, scenario: Sc
 
 
 def test_build_ran_unit_tests(built_db: DatabaseTarget, dbt_dir: Path) -> None:
-    import json
-
-    results = json.loads((dbt_dir / "run_results.json").read_text())["results"]
+    results = _results(dbt_dir)
     unit = [r for r in results if r["unique_id"].startswith("unit_test.")]
     assert len(unit) >= 7
     assert all(r["status"] == "pass" for r in unit)
@@ -69,92 +67,84 @@ def test_incremental_rollup_merges_a_late_hour(
 ) -> None:
     device = scenario.upgraded_device
     old_hour = scenario.as_of - 20 * 3600
-    before = query(
-        built_db,
+    new_hour = scenario.as_of + 2 * 3600  # after every scenario event: a new rollup row
+    count_sql = (
         "select coalesce(sum(reading_count), 0)::int from analytics.fct_readings_hourly "
-        "where device_id = %s and record_type_id = 1 and hour_start = date_trunc('hour', to_timestamp(%s), 'UTC')",
-        (device, old_hour),
-    )[0][0]
+        "where device_id = %s and record_type_id = %s and hour_start = date_trunc('hour', to_timestamp(%s), 'UTC')"
+    )
+    before = query(built_db, count_sql, (device, 1, old_hour))[0][0]
     rows_before = query(built_db, "select count(*) from analytics.fct_readings_hourly")[0][0]
     with psycopg.connect(built_db.url) as conn:
-        # ingested_at is the transaction time: make the late facts visibly newer than the watermark.
-        time.sleep(0.01)
         for k in range(2):
             ts = old_hour + 0.123 + k
             raw = insert_raw(conn, {"device_id": device, "event_type": TICKS, "value": 40.0 + k, "timestamp": ts})
             insert_fact(conn, raw, device, TICKS, ts, 40.0 + k)
-        ts = scenario.as_of + 5.5
-        raw = insert_raw(conn, {"device_id": device, "event_type": MM, "value": 1.5, "timestamp": ts})
-        insert_fact(conn, raw, device, MM, ts, 1.5)
+        raw = insert_raw(conn, {"device_id": device, "event_type": MM, "value": 1.5, "timestamp": new_hour})
+        insert_fact(conn, raw, device, MM, new_hour, 1.5)
         conn.commit()
-    run_dbt(built_db, ["run", "--select", "fct_readings_hourly"], dbt_dir, vars=as_of_vars)
-    after = query(
-        built_db,
-        "select reading_count from analytics.fct_readings_hourly "
-        "where device_id = %s and record_type_id = 1 and hour_start = date_trunc('hour', to_timestamp(%s), 'UTC')",
-        (device, old_hour),
-    )
-    assert after == [(before + 2,)]
-    rows_after = query(built_db, "select count(*) from analytics.fct_readings_hourly")[0][0]
-    assert rows_after in (rows_before + 1, rows_before + 2)  # the new hour; the old one only if it was empty
-    result = run_dbt(built_db, ["test", "--select", "assert_rollup_counts_match_facts"], dbt_dir, check=False)
+    # The model, its data tests and assert_rollup_counts_match_facts, in one invocation.
+    result = run_dbt(built_db, ["build", "--select", "fct_readings_hourly"], dbt_dir, vars=as_of_vars, check=False)
     assert result.returncode == 0, result.stdout[-4000:]
+    assert query(built_db, count_sql, (device, 1, old_hour))[0][0] == before + 2
+    assert query(built_db, count_sql, (device, 2, new_hour))[0][0] == 1
+    rows_after = query(built_db, "select count(*) from analytics.fct_readings_hourly")[0][0]
+    assert rows_after == rows_before + 1 + (before == 0)
+    ran = {r["unique_id"].split(".")[-1] for r in _results(dbt_dir)}
+    assert "assert_rollup_counts_match_facts" in ran
 
 
 # --- each singular test fails when its invariant is broken -----------------------------------
-# These run last in the module: they leave the database broken (the ledger is append-only).
+# Last in the module: the ledger is append-only, so the breaks cannot be undone. All three are
+# broken first and checked with one `dbt test` (each dbt start costs seconds); the failure
+# counts show each test caught exactly its own break.
 
 
-def _singular(db: DatabaseTarget, dbt_dir: Path, name: str) -> int:
-    result = run_dbt(db, ["test", "--select", name], dbt_dir, check=False)
-    return result.returncode
+def _results(dbt_dir: Path) -> list[dict[str, Any]]:
+    return list(json.loads((dbt_dir / "run_results.json").read_text())["results"])
 
 
-def test_singular_tests_pass_on_consistent_data(built_db: DatabaseTarget, dbt_dir: Path) -> None:
-    for name in (
-        "assert_each_raw_record_has_exactly_one_outcome",
-        "assert_unified_mm_equals_native_value_for_uncalibrated_devices",
-        "assert_rollup_counts_match_facts",
-    ):
-        assert _singular(built_db, dbt_dir, name) == 0, name
-
-
-def test_raw_record_without_outcome_fails_one_outcome_test(built_db: DatabaseTarget, dbt_dir: Path) -> None:
+def test_singular_tests_fail_when_invariants_break(
+    built_db: DatabaseTarget, dbt_dir: Path, as_of_vars: dict[str, Any]
+) -> None:
+    build = {r["unique_id"].split(".")[-1]: r["status"] for r in _results(dbt_dir)}
     with psycopg.connect(built_db.url) as conn:
+        # 1. a raw row with no outcome (a silent drop) and one with two outcomes (a double write)
         insert_raw(conn, {"device_id": 1, "event_type": TICKS, "value": 1.0, "timestamp": 1.7e9}, "orphan")
-        conn.commit()
-    assert _singular(built_db, dbt_dir, "assert_each_raw_record_has_exactly_one_outcome") != 0
-
-
-def test_raw_record_with_two_outcomes_fails_one_outcome_test(built_db: DatabaseTarget, dbt_dir: Path) -> None:
-    with psycopg.connect(built_db.url) as conn:
         raw = insert_raw(conn, {"device_id": 1, "event_type": TICKS, "value": 2.0, "timestamp": 1.7e9 + 1})
-        insert_fact(conn, raw, 1, TICKS, 1.7e9 + 1, 2.0)
+        conn.execute(
+            "insert into ingest.raw_duplicate (raw_record_id, processed_record_id) "
+            "values (%s, (select min(id) from ingest.processed_record))",
+            (raw,),
+        )
         conn.execute(
             "insert into ingest.ingest_error (raw_record_id, reason, detail) values (%s, 'wrong_type', 'x')", (raw,)
         )
-        conn.commit()
-    assert _singular(built_db, dbt_dir, "assert_each_raw_record_has_exactly_one_outcome") != 0
-
-
-def test_fact_missing_from_rollup_fails_rollup_count_test(built_db: DatabaseTarget, dbt_dir: Path) -> None:
-    assert _singular(built_db, dbt_dir, "assert_rollup_counts_match_facts") == 0
-    with psycopg.connect(built_db.url) as conn:
+        # 2. a fact the rollup has not seen (in an hour of its own)
         raw = insert_raw(conn, {"device_id": 2, "event_type": MM, "value": 3.0, "timestamp": 1.7e9 + 2})
         insert_fact(conn, raw, 2, MM, 1.7e9 + 2, 3.0)
+        # 3. a regression in the published conversion: ticks / 10 instead of / 20
+        view = conn.execute("select pg_get_viewdef('analytics.v_platform_extension_mm'::regclass)").fetchone()
+        assert view
+        conn.execute(
+            "create or replace view analytics.v_platform_extension_mm as "
+            "select device_id, observed_at, source_type, source_format, source_value, "
+            "case when source_type = 'platform_extension_ticks' then source_value / 10 else extension_mm end "
+            "as extension_mm, is_calibrated, processed_record_id, ingested_at "
+            "from analytics_staging.int_readings_unified_mm"
+        )
         conn.commit()
-    assert _singular(built_db, dbt_dir, "assert_rollup_counts_match_facts") != 0
-
-
-def test_wrong_conversion_fails_unified_mm_test(
-    built_db: DatabaseTarget, dbt_dir: Path, as_of_vars: dict[str, Any]
-) -> None:
-    # A regression in the conversion (here: the default resolution changed to 10 ticks/mm).
-    run_dbt(built_db, ["run", "--select", "int_readings_converted+", "--exclude", "fct_readings_hourly+"], dbt_dir,
-            vars={**as_of_vars, "default_ticks_per_mm": 10})
-    try:
-        assert _singular(built_db, dbt_dir, "assert_unified_mm_equals_native_value_for_uncalibrated_devices") != 0
-    finally:
-        run_dbt(built_db, ["run", "--select", "int_readings_converted+", "--exclude", "fct_readings_hourly+"],
-                dbt_dir, vars=as_of_vars)
-    assert _singular(built_db, dbt_dir, "assert_unified_mm_equals_native_value_for_uncalibrated_devices") == 0
+    result = run_dbt(built_db, ["test", "--select", "test_type:singular"], dbt_dir, vars=as_of_vars, check=False)
+    assert result.returncode != 0
+    after = {r["unique_id"].split(".")[-1]: (r["status"], r["failures"]) for r in _results(dbt_dir)}
+    one_outcome = "assert_each_raw_record_has_exactly_one_outcome"
+    rollup = "assert_rollup_counts_match_facts"
+    unified = "assert_unified_mm_equals_native_value_for_uncalibrated_devices"
+    assert build[one_outcome] == build[rollup] == build[unified] == "pass"
+    assert after[one_outcome] == ("fail", 2)  # the orphan and the double outcome
+    assert after[rollup] == ("fail", 1)  # the one hour holding the unseen fact
+    ticks_facts = query(
+        built_db,
+        "select count(*) from analytics.v_platform_extension_mm "
+        "where source_type = 'platform_extension_ticks' and source_value <> 0",
+    )[0][0]
+    assert after[unified] == ("fail", ticks_facts)

@@ -19,13 +19,22 @@ device_firsts as (
 
 ),
 
+reporting_span as (
+
+    select
+        min({{ utc_day('hour_start') }}) as first_date,
+        max({{ utc_day('hour_start') }}) as last_date
+
+    from hourly
+    where measure = 'platform_extension'
+
+),
+
 calendar as (
 
-    select generate_series(
-        (select min(least(first_legacy_date, first_new_date)) from device_firsts),
-        (select max(greatest(first_legacy_date, first_new_date)) from device_firsts),
-        interval '1 day'
-    )::date as report_date
+    select generate_series(first_date, last_date, interval '1 day')::date as report_date
+    from reporting_span
+    where first_date is not null
 
 ),
 
