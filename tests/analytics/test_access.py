@@ -88,13 +88,15 @@ def test_placeholder_key_is_refused_outside_dev_mode() -> None:
 @pytest.fixture
 def analyst(analytics_db: AnalyticsDb) -> Iterator[psycopg.Connection]:
     """A connection exactly as the analytics pool opens them (role, read-only, search_path)."""
-    kwargs = connection_kwargs(analytics_settings(analytics_db.target))
+    kwargs = {**connection_kwargs(analytics_settings(analytics_db.target)), "autocommit": False}
     with psycopg.connect(analytics_db.target.url, **kwargs) as conn:
         assert conn.execute("select current_user").fetchone() == ("iot_analyst",)
+        conn.rollback()
         yield conn
 
 
 def test_analyst_reads_analytics(analyst: psycopg.Connection) -> None:
+    assert analyst.execute("show transaction_read_only").fetchone() == ("on",)
     assert analyst.execute("select count(*) from metric_side_switches").fetchone()[0] > 0
     assert analyst.execute("select count(*) from analytics.v_platform_extension_mm").fetchone()[0] > 0
 
@@ -113,8 +115,9 @@ def test_analyst_reads_analytics(analyst: psycopg.Connection) -> None:
     ],
 )
 def test_analyst_cannot_write_even_in_a_read_write_transaction(analyst: psycopg.Connection, statement: str) -> None:
-    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
-        analyst.execute(statement)  # the session default: read only
+    # The session default is read only (a relation the role may not even see fails on privileges first).
+    with pytest.raises((psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InsufficientPrivilege)):
+        analyst.execute(statement)
     analyst.rollback()
     analyst.execute("set transaction read write")  # and the role itself has no write privilege
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -154,7 +157,7 @@ def test_before_dbt_has_run_every_route_answers_not_built(fresh_db: DatabaseTarg
 
 def test_a_missing_role_is_explained(analytics_db: AnalyticsDb) -> None:
     with _client(analytics_db.target, analytics_role="iot_no_such_role", request_timeout_seconds=1.0) as client:
-        response = client.get("/analytics/metric_side_switches")
+        response = client.get("/analytics/metric_side_switches", headers={"Authorization": f"Bearer {API_KEY}"})
         assert response.status_code == 503
         body = response.json()
         assert body["reason"] == "database_unavailable" and "iot_no_such_role" in body["detail"]
