@@ -101,7 +101,8 @@ def check_metric_extension_vs_retraction(db: DatabaseTarget, exp: dict[str, Any]
 def check_metric_battery_summary(db: DatabaseTarget, exp: dict[str, Any]) -> None:
     rows = query(
         db,
-        "select device_id, min_pct, max_pct, avg_pct, reading_count, last_seen_at from analytics.metric_battery_summary",
+        "select device_id, min_pct, max_pct, avg_pct, reading_count, last_seen_at "
+        "from analytics.metric_battery_summary",
     )
     got = {r[0]: (approx(r[1]), approx(r[2]), approx(r[3]), r[4], pytest.approx(epoch(r[5]), abs=1e-3)) for r in rows}
     assert got == exp["battery"]

@@ -47,6 +47,7 @@ def built_db(
     load_via_sql(module_db, scenario)
     result = run_dbt(module_db, ["build"], dbt_dir, vars=as_of_vars, check=False)
     assert result.returncode == 0, result.stdout[-8000:]
+    (dbt_dir / "run_results.json").rename(dbt_dir / "build_results.json")
     yield module_db
 
 
@@ -56,7 +57,7 @@ def test_metric_equals_python_computation(built_db: DatabaseTarget, scenario: Sc
 
 
 def test_build_ran_unit_tests(built_db: DatabaseTarget, dbt_dir: Path) -> None:
-    results = _results(dbt_dir)
+    results = _results(dbt_dir, "build_results.json")
     unit = [r for r in results if r["unique_id"].startswith("unit_test.")]
     assert len(unit) >= 7
     assert all(r["status"] == "pass" for r in unit)
@@ -99,14 +100,14 @@ def test_incremental_rollup_merges_a_late_hour(
 # counts show each test caught exactly its own break.
 
 
-def _results(dbt_dir: Path) -> list[dict[str, Any]]:
-    return list(json.loads((dbt_dir / "run_results.json").read_text())["results"])
+def _results(dbt_dir: Path, name: str = "run_results.json") -> list[dict[str, Any]]:
+    return list(json.loads((dbt_dir / name).read_text())["results"])
 
 
 def test_singular_tests_fail_when_invariants_break(
     built_db: DatabaseTarget, dbt_dir: Path, as_of_vars: dict[str, Any]
 ) -> None:
-    build = {r["unique_id"].split(".")[-1]: r["status"] for r in _results(dbt_dir)}
+    build = {r["unique_id"].split(".")[-1]: r["status"] for r in _results(dbt_dir, "build_results.json")}
     with psycopg.connect(built_db.url) as conn:
         # 1. a raw row with no outcome (a silent drop) and one with two outcomes (a double write)
         insert_raw(conn, {"device_id": 1, "event_type": TICKS, "value": 1.0, "timestamp": 1.7e9}, "orphan")
