@@ -72,26 +72,32 @@ class IngestService:
         await asyncio.gather(*self._writers, return_exceptions=True)
         await asyncio.gather(*self._commits, return_exceptions=True)
 
-    async def refresh_catalog(self) -> None:
-        async with (
-            self._catalog_lock,
-            self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn,
-        ):
-            await self.catalog.refresh(conn)
+    async def refresh_catalog(self, if_older_than: float | None = None) -> None:
+        async with self._catalog_lock:
+            # Requests that queued on the lock behind a refresh do not repeat it.
+            if if_older_than is not None and self.catalog.age() <= if_older_than:
+                return
+            async with self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn:
+                await self.catalog.refresh(conn)
 
     async def _catalog_for(self, items: list[BodyItem]) -> None:
         """Reload record types when they are stale, or when a request names a type we do not know."""
         stale = self.catalog.age() > self.settings.record_type_refresh_seconds
-        unknown = any(
-            isinstance(item.parsed, dict)
-            and isinstance(item.parsed.get("event_type"), str)
-            and item.parsed["event_type"] != "device_startup"
-            and self.catalog.get(item.parsed["event_type"]) is None
-            for item in items
-        )
+        unknown = False
+        if not stale:
+            get = self.catalog.get
+            for item in items:
+                event = item.parsed
+                if type(event) is dict:
+                    name = event.get("event_type")
+                    if type(name) is str and name != "device_startup" and get(name) is None:
+                        unknown = True
+                        break
         if stale or (unknown and self.catalog.age() > CATALOG_MISS_REFRESH_SECONDS):
             try:
-                await self.refresh_catalog()
+                await self.refresh_catalog(
+                    self.settings.record_type_refresh_seconds if stale else CATALOG_MISS_REFRESH_SECONDS
+                )
             except (psycopg.Error, PoolTimeout) as exc:
                 if not len(self.catalog):
                     raise DatabaseUnavailable(str(exc)) from exc
