@@ -184,6 +184,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  database      {where}\n"
             f"                {target.url}\n"
             f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
+            f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
             f"  logs          {logs}/\n"
             f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
             f"{args.new_firmware_share:.0%} on the new mm firmware\n"
