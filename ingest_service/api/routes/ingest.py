@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from typing import Any
@@ -132,7 +133,8 @@ async def _ingest(
         return Response(orjson.dumps([r.as_dict() for r in results]), media_type="application/json", headers=headers)
     result = results[0]
     if result.status == "rate_limited":
-        headers["Retry-After"] = str(int(settings.failed_startup_window_seconds))
+        # whole seconds, rounded up: a sub-second window must not tell the client "0"
+        headers["Retry-After"] = str(max(1, math.ceil(settings.failed_startup_window_seconds)))
     return Response(
         orjson.dumps(result.as_dict()),
         status_code=SINGLE_ITEM_HTTP_STATUS[result.status],
