@@ -1,6 +1,6 @@
 with
 
-readings as (
+readings as not materialized (
 
     select * from {{ ref('int_readings_converted') }}
 
@@ -22,15 +22,18 @@ changed_hours as (
 
 readings_to_roll_up as (
 
-    select readings.*
+    select hour_readings.*
 
-    from readings
-    inner join changed_hours
-        on
+    from changed_hours
+    cross join lateral (
+        select * from readings
+        where
             readings.device_id = changed_hours.device_id
             and readings.record_type_id = changed_hours.record_type_id
             and readings.observed_at >= changed_hours.hour_start
             and readings.observed_at < changed_hours.hour_start + interval '1 hour'
+        offset 0
+    ) as hour_readings
 
 ),
 
