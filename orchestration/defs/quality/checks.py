@@ -161,4 +161,6 @@ def facts_are_fresh(postgres: PostgresResource, config: FactsFreshnessConfig) ->
     age = float(row["age_minutes"])
     metadata["newest_ingested_at"] = row["newest"].isoformat()
     metadata["age_minutes"] = dg.MetadataValue.float(round(age, 2))
-    return dg.AssetCheckResult(passed=age <= config.max_age_minutes, severity=dg.AssetCheckSeverity.WARN, metadata=metadata)
+    return dg.AssetCheckResult(
+        passed=age <= config.max_age_minutes, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
+    )

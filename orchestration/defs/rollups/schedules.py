@@ -27,5 +27,6 @@ analytics_hourly_job = dg.define_asset_job(
 def analytics_hourly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
     """Refresh the marts, roll up today's new facts incrementally, run the tests and checks."""
     scheduled = context.scheduled_execution_time
-    partition_key = ingest_day_partitions.get_last_partition_key(current_time=scheduled)
+    # The day the tick falls on is the open partition: its run rolls up from the watermark.
+    partition_key = ingest_day_partitions.get_partition_key_for_timestamp(scheduled.timestamp())
     return dg.RunRequest(run_key=scheduled.isoformat(), partition_key=partition_key)

@@ -10,11 +10,15 @@ import dagster as dg
 # Unit tests need fixed inputs, not the warehouse: CI runs them with `dbt test --select test_type:unit`.
 # Inside Dagster's build they would not map to checks anyway (dagster-io/dagster#34080).
 EXCLUDE_UNIT_TESTS = ["--exclude-resource-type", "unit_test"]
+# dbt's default (eager) pulls in every test touching a selected model, so the staging step would run
+# the marts' relationship tests before the marts exist. `buildable` runs a test in the step that
+# builds the last of its parents: singular tests spanning sources and a mart run with that mart.
+INDIRECT_SELECTION = ["--indirect-selection", "buildable"]
 
 
 def dbt_build_args(*, full_refresh: bool = False, dbt_vars: Mapping[str, Any] | None = None) -> list[str]:
     """`dbt build` with the project's fixed flags, plus --full-refresh and --vars when asked."""
-    args = ["build", *EXCLUDE_UNIT_TESTS]
+    args = ["build", *EXCLUDE_UNIT_TESTS, *INDIRECT_SELECTION]
     if full_refresh:
         args.append("--full-refresh")
     if dbt_vars:

@@ -1,0 +1,96 @@
+"""Tier 3 (definitions load, jobs and schedules resolve) and tier 1 (pure helpers)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
+from orchestration.lib.launch import dagster_postgres_url
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    from orchestration.definitions import defs as load
+
+    return load()
+
+
+def _specs(defs: dg.Definitions) -> dict[dg.AssetKey, dg.AssetSpec]:
+    return {spec.key: spec for spec in defs.resolve_all_asset_specs()}
+
+
+def test_definitions_load_every_job_and_schedule(defs: dg.Definitions) -> None:
+    repo = defs.get_repository_def()
+    job_names = {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")}
+    assert "analytics_hourly_job" in job_names
+    for name in job_names:
+        assert defs.resolve_job_def(name).name == name
+    schedules = list(repo.schedule_defs)
+    assert {s.name for s in schedules} == {"analytics_hourly_schedule"}
+    for schedule in schedules:
+        assert schedule.job_name in job_names
+        assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+
+
+def test_hourly_schedule_targets_the_current_ingest_day(defs: dg.Definitions) -> None:
+    schedule = defs.resolve_schedule_def("analytics_hourly_schedule")
+    with dg.instance_for_test() as instance:
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=datetime(2026, 3, 4, 17, 5, tzinfo=UTC),
+            repository_def=defs.get_repository_def(),
+        )
+        data = schedule.evaluate_tick(context)
+    [request] = data.run_requests or []
+    assert request.partition_key == "2026-03-04"
+
+
+def test_asset_graph_starts_at_ingest_and_is_grouped_by_dbt_folder(defs: dg.Definitions) -> None:
+    specs = _specs(defs)
+    groups: dict[str, set[str]] = {}
+    for key, spec in specs.items():
+        groups.setdefault(spec.group_name or "", set()).add(key.to_user_string())
+    assert {f"ingest/{t}" for t in ("raw_record", "processed_record", "raw_duplicate", "device_startup")} <= groups[
+        "ingest"
+    ]
+    assert "staging/stg_ingest__raw_records" in groups["staging"]
+    assert "staging/int_readings_unified_mm" in groups["intermediate"]
+    assert {"fct_readings_hourly", "ingest_parse", "v_platform_extension_mm", "rollout_key_figures"} <= groups["marts"]
+    raw = specs[dg.AssetKey(["staging", "stg_ingest__raw_records"])]
+    assert dg.AssetKey(["ingest", "raw_record"]) in {dep.asset_key for dep in raw.deps}
+    assert raw.owners == ["team:data"] and "dbt" in raw.kinds and raw.description
+    assert specs[dg.AssetKey(["ingest", "raw_record"])].owners == ["team:ingest"]
+    assert specs[dg.AssetKey("fct_readings_hourly")].partitions_def is not None
+
+
+def test_source_tests_and_python_checks_are_asset_checks(defs: dg.Definitions) -> None:
+    check_keys = {key for ad in defs.resolve_asset_graph().assets_defs for key in ad.check_keys}
+    names_by_asset: dict[str, set[str]] = {}
+    for key in check_keys:
+        names_by_asset.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    assert "source_unique_ingest_raw_record_id" in names_by_asset["ingest/raw_record"]
+    assert "ledger_accounts_for_every_raw_row" in names_by_asset["staging/stg_ingest__raw_records"]
+    assert "facts_are_fresh" in names_by_asset["staging/stg_ingest__processed_records"]
+    assert "ingest_error_rate_within_threshold" in names_by_asset["ingest_parse"]
+
+
+def test_dbt_build_args_exclude_unit_tests_and_pass_vars() -> None:
+    assert dbt_build_args() == ["build", "--exclude-resource-type", "unit_test", "--indirect-selection", "buildable"]
+    args = dbt_build_args(full_refresh=True, dbt_vars={"rollup_since": "2026-01-01T00:00:00+00:00"})
+    assert args[-3:] == ["--full-refresh", "--vars", '{"rollup_since": "2026-01-01T00:00:00+00:00"}']
+
+
+def test_rollup_vars_rebuild_closed_days_and_use_the_watermark_today() -> None:
+    now = datetime(2026, 3, 4, 17, 5, tzinfo=UTC)
+    past = dg.TimeWindow(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC))
+    today = dg.TimeWindow(datetime(2026, 3, 4, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
+    assert rollup_vars(past, now) == {"rollup_since": "2026-03-01T00:00:00+00:00"}
+    assert rollup_vars(today, now) == {}
+
+
+def test_dagster_postgres_url_keeps_the_socket_and_sets_the_schema() -> None:
+    url = dagster_postgres_url("postgresql://postgres@/iot?host=%2Fwork%2F.data%2Fpg")
+    assert url == "postgresql://postgres@/iot?host=%2Fwork%2F.data%2Fpg&options=-csearch_path%3Ddagster"
