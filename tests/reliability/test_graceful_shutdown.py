@@ -41,7 +41,7 @@ def test_sigterm_finishes_in_flight_requests_before_exit(fresh_db: DatabaseTarge
             batches = [[telemetry(device_id=i + 1, value=i), telemetry(device_id=i + 1, value=-i)] for i in range(5)]
             futures = [pool.submit(httpx.post, api.base + "/ingest", json=b, timeout=60) for b in batches]
             assert wait_for(lambda: _lock_waiters(watcher) >= 1, 20), "requests never reached the database"
-            time.sleep(0.3)  # let every request be read and queued
+            time.sleep(1.0)  # let every request be read and queued
             api.signal(signal.SIGTERM)
             time.sleep(1.0)
             assert api.process is not None and api.process.poll() is None, "exited with requests in flight"
