@@ -104,14 +104,22 @@ def fleet_events(*, days_ago: tuple[int, ...] = (2, 1), devices: int = 8, per_de
 
 
 def fill(target: DatabaseTarget) -> Ingested:
-    """Good data through the ingest path: the fleet, a replayed batch (duplicates), one provisioning."""
+    """Good data through the ingest path: two past days of the fleet, ingested on those days, then a
+    live hour (ingested now), a replayed batch (duplicates) and one provisioning startup."""
     events, malformed = fleet_events()
-    batches = [events[i : i + 200] for i in range(0, len(events), 200)]
-    batches.append(events[:20])  # a replay: duplicates, no new facts
-    batches.append([startup(SECRET, serial="SN-000007", device_id=7)])
-    statuses = post(target, batches)
+    statuses = post(target, [events[i : i + 200] for i in range(0, len(events), 200)])
+    # The API stamps ingested_at with its clock; the past days' facts must look ingested on their day,
+    # so that each day is a partition of the rollup with data of its own.
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        conn.execute("update ingest.processed_record set ingested_at = record_time + interval '2 minutes'")
+    now = time.time()
+    live = [telemetry(d, "platform_extension_mm", (-1) ** d * 10 * d, now - 60 * d) for d in range(4, 9)]
+    live += [telemetry(d, "platform_extension_ticks", 100 * d, now - 60 * d) for d in range(1, 4)]
+    later = post(target, [live, events[:20], [startup(SECRET, serial="SN-000007", device_id=7)]])
+    for status, count in later.items():
+        statuses[status] = statuses.get(status, 0) + count
     assert statuses.get("duplicate", 0) >= 15 and statuses.get("provisioned") == 1, statuses
-    return Ingested(telemetry=len(events) - malformed, malformed=malformed, statuses=statuses)
+    return Ingested(telemetry=len(events) + len(live) - malformed, malformed=malformed, statuses=statuses)
 
 
 @pytest.fixture(scope="module")
