@@ -775,7 +775,7 @@ def finish_profile(proc: subprocess.Popen, out: Path) -> dict[str, Any]:
 
 
 def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
-    """Collapsed stacks -> per-function self and inclusive shares of the samples."""
+    """Collapsed stacks -> per-function self and inclusive shares of the samples (idle waits left out)."""
     self_counts: dict[str, int] = {}
     total_counts: dict[str, int] = {}
     samples = 0
@@ -784,15 +784,16 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        samples += n
         frames = [re.sub(r" \((?:.*/)?(site-packages/|ingest_service/|bench/)?", " (\\1", f) for f in stack.split(";")]
         frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
-        if not frames:
+        if not frames or frames[-1].startswith("Condition.wait"):  # an idle thread-pool worker, not work
             continue
+        samples += n
         self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
         for frame in set(frames):
             total_counts[frame] = total_counts.get(frame, 0) + n
     ranked = sorted(total_counts, key=lambda f: (-self_counts.get(f, 0), -total_counts[f]))[:top]
+    samples = max(samples, 1)
     rows = [
         {"frame": f, "self": 100 * self_counts.get(f, 0) / samples, "total": 100 * total_counts[f] / samples}
         for f in ranked
