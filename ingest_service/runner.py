@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["DATABASE_URL"] = target.url  # workers resolve the same server without starting another
     if not args.no_migrate:
         migrate.upgrade(target)
+    if args.workers > 1:
+        # Each worker is its own process: prometheus-client's multiprocess mode sums their metrics.
+        metrics_dir = settings.data_dir / "prometheus" / str(args.port)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     uvicorn.run(
         "ingest_service.main:app_factory",
         factory=True,

@@ -10,11 +10,13 @@ from ingest_service.core.config import Settings
 from ingest_service.ingest.service import IngestService
 
 
-def get_service(request: Request) -> IngestService:
+# async: a plain `def` dependency runs in the thread pool, which costs more than the whole write
+# path of a single event (measured in docs/performance.md).
+async def get_service(request: Request) -> IngestService:
     return request.app.state.service
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -39,7 +41,19 @@ class IngestMetrics:
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000),
             registry=r,
         )
-        self.queue_depth = Gauge("ingest_queue_depth", "Requests waiting for a writer", registry=r)
+        self.queue_depth = Gauge(
+            "ingest_queue_depth", "Requests waiting for a writer", registry=r, multiprocess_mode="livesum"
+        )
 
 
 METRICS = IngestMetrics()
+
+
+def exposition() -> bytes:
+    """The metrics text. With several uvicorn workers (PROMETHEUS_MULTIPROC_DIR set by
+    `iot-platform serve --workers N`), every worker's values are summed, whichever answers the scrape."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(METRICS.registry)

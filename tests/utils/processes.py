@@ -23,12 +23,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_api(target: DatabaseTarget, secret: str, **env_overrides: str) -> Iterator[str]:
+def running_api(target: DatabaseTarget, secret: str, workers: int = 1, **env_overrides: str) -> Iterator[str]:
     """`iot-platform serve` on a free port against `target`; yields its base URL."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": target.url, "PROVISION_SECRET": secret, "DEV_MODE": "0", **env_overrides}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest_service.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "ingest_service.cli", "serve", "--port", str(port), "--workers", str(workers)],
         cwd=PROJECT_ROOT,
         env=env,
     )

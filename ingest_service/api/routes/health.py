@@ -5,12 +5,12 @@ from __future__ import annotations
 import psycopg
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import PoolTimeout
 
 from ingest_service.api.schemas import Health
 from ingest_service.core.migrate import head_revision
-from ingest_service.core.observability import METRICS
+from ingest_service.core.observability import exposition
 
 router = APIRouter(tags=["operations"])
 HEAD = head_revision()
@@ -50,4 +50,4 @@ async def readyz(request: Request) -> Response:
 @router.get("/metrics", response_class=Response)
 async def metrics() -> Response:
     """Prometheus text exposition: requests, items by status and reason, latencies."""
-    return Response(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -127,8 +128,8 @@ async def _ingest(
         remote_addr=request.client.host if request.client else None,
     )
     results = await service.ingest(items, meta)
-    for result in results:
-        METRICS.items.labels(result.status, result.reason or "").inc()
+    for (status, reason), count in Counter((r.status, r.reason or "") for r in results).items():
+        METRICS.items.labels(status, reason).inc(count)
     if is_batch:
         return Response(orjson.dumps([r.as_dict() for r in results]), media_type="application/json", headers=headers)
     result = results[0]
