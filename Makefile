@@ -38,7 +38,9 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# wrk (Debian's package) is the load client for single events; installed here when missing.
 bench: install
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk || true
 	$(BIN)/python -m bench.ingest_bench
 
 dbt-docs: install
