@@ -10,6 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import (
     DatabaseTarget,
@@ -23,8 +25,10 @@ DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 
 
 def _settings() -> Settings:
-    # The local commands run in dev mode unless the environment says otherwise.
-    os.environ.setdefault("DEV_MODE", "1")
+    """Settings for the database commands (db, migrate, dbt): they never use the provisioning secret,
+    so they must not refuse to run where it is unset. `serve` checks the secret itself."""
+    if os.environ.get("DEV_MODE") is None:
+        return Settings(dev_mode=True)
     return Settings()
 
 
@@ -98,7 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     # pgserver warns when XDG_RUNTIME_DIR is unset (it falls back to /tmp): not actionable here.
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"iot-platform: configuration error: {error['msg']}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from ingest_service.core.database import embedded_data_dir, resolve_target, stop
 PYTHON = sys.executable
 
 
-def _settings() -> Settings:
+def _dev_settings() -> Settings:
+    """`up` is the development platform (simulated devices, development secret) unless DEV_MODE=0."""
     os.environ.setdefault("DEV_MODE", "1")
     return Settings()
 
@@ -29,7 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ingest_service.core import migrate
     from ingest_service.core.logging import configure_json_logging
 
-    settings = _settings()
+    # No dev-mode default here: a production `serve` without a real PROVISION_SECRET refuses to start.
+    settings = Settings()
     configure_json_logging(settings.log_level)
     target = resolve_target(settings)
     os.environ["DATABASE_URL"] = target.url  # workers resolve the same server without starting another
@@ -156,7 +158,7 @@ def _drain_publisher(started: list[subprocess.Popen]) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     from ingest_service.core import migrate
 
-    settings = _settings()
+    settings = _dev_settings()
     pg_was_running = (embedded_data_dir(settings) / "postmaster.pid").exists()
     target = resolve_target(settings)
     migrate.upgrade(target)

@@ -8,8 +8,12 @@ SCHEMA = "ingest"
 url = context.config.get_main_option("sqlalchemy.url")
 engine = create_engine(url, poolclass=pool.NullPool)
 with engine.connect() as connection:
-    connection.exec_driver_sql(f"create schema if not exists {SCHEMA}")
-    connection.commit()
+    # Only when missing: `create schema if not exists` still needs CREATE on the database, which the
+    # least-privilege roles (migration 0002) do not have.
+    exists = connection.exec_driver_sql(f"select 1 from pg_namespace where nspname = '{SCHEMA}'").scalar()
+    if not exists:
+        connection.exec_driver_sql(f"create schema {SCHEMA}")
+        connection.commit()
     context.configure(
         connection=connection,
         version_table="alembic_version",
