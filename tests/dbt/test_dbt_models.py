@@ -120,9 +120,18 @@ def test_singular_tests_fail_when_invariants_break(
         conn.execute(
             "insert into ingest.ingest_error (raw_record_id, reason, detail) values (%s, 'wrong_type', 'x')", (raw,)
         )
-        # 2. a fact the rollup has not seen (in an hour of its own)
+        # 2. a fact the rollup has missed (in an hour of its own): ingested before the rollup's newest
+        # fact, so not one that merely arrived after the build
         raw = insert_raw(conn, {"device_id": 2, "event_type": MM, "value": 3.0, "timestamp": 1.7e9 + 2})
-        insert_fact(conn, raw, 2, MM, 1.7e9 + 2, 3.0)
+        missed = insert_fact(conn, raw, 2, MM, 1.7e9 + 2, 3.0)
+        conn.execute(
+            "update ingest.processed_record set ingested_at = "
+            "(select min(last_ingested_at) from analytics.fct_readings_hourly) where id = %s",
+            (missed,),
+        )
+        # and one that arrived after the build: the next run's work, not a failure
+        raw = insert_raw(conn, {"device_id": 3, "event_type": MM, "value": 4.0, "timestamp": 1.7e9 + 3})
+        insert_fact(conn, raw, 3, MM, 1.7e9 + 3, 4.0)
         # 3. a regression in the published conversion: ticks / 10 instead of / 20
         view = conn.execute("select pg_get_viewdef('analytics.v_platform_extension_mm'::regclass)").fetchone()
         assert view

@@ -1,7 +1,18 @@
 -- The hourly rollup must account for every fact exactly once: per device, record type and UTC
 -- hour, its reading_count equals the facts in ingest.processed_record. A row here is an hour the
 -- incremental rollup missed (e.g. late data outside the lookback) or double-counted.
+-- Only facts ingested up to the rollup's newest ingested_at count: the API keeps writing while
+-- dbt runs, and a fact that arrived after the rollup was built is the next run's work, not a miss.
+{{ config(meta={'dagster': {'ref': {'name': 'fct_readings_hourly'}}}) }}
+
 with
+
+rollup_watermark as (
+
+    select max(last_ingested_at) as ingested_until
+    from {{ ref('fct_readings_hourly') }}
+
+),
 
 fact_counts as (
 
@@ -11,6 +22,7 @@ fact_counts as (
         {{ utc_hour('record_time') }} as hour_start,
         count(*) as facts
     from {{ source('ingest', 'processed_record') }}
+    where ingested_at <= (select ingested_until from rollup_watermark)
     group by 1, 2, 3
 
 ),

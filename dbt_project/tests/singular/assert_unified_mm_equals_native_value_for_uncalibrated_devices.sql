@@ -2,6 +2,8 @@
 -- its mm value, and every extension fact appears in v_platform_extension_mm once. A row here is
 -- a reading converted wrongly, missing from the view, or invented by it. 20 is written out on
 -- purpose (it is the product's default, not the project var that the view uses).
+{{ config(meta={'dagster': {'ref': {'name': 'v_platform_extension_mm'}}}) }}
+
 with
 
 facts as (
