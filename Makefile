@@ -24,11 +24,13 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 up: install
 	$(BIN)/iot-platform up
 
+# Two workers, a test file each at a time (module fixtures build their database once, tests of a
+# file keep their order).
 test: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 test-fast: install
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -25,9 +25,15 @@ DAY = 86_400
 @pytest.fixture(scope="session", autouse=True)
 def dbt_manifest() -> Path:
     """dbt_project's manifest, built once per session before any defs module reads it (never committed)."""
+    from filelock import FileLock
+
     from orchestration.defs.dbt.project import dbt_project
 
-    dbt_project.preparer.prepare(dbt_project)
+    # Under `pytest -n 2` both workers may get here at once: one writes the manifest, the other waits.
+    lock_file = dbt_project.project_dir / "target" / ".prepare.lock"
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_file)):
+        dbt_project.preparer.prepare(dbt_project)
     return dbt_project.manifest_path
 
 
