@@ -13,7 +13,8 @@ with engine.connect() as connection:
     exists = connection.exec_driver_sql(f"select 1 from pg_namespace where nspname = '{SCHEMA}'").scalar()
     if not exists:
         connection.exec_driver_sql(f"create schema {SCHEMA}")
-        connection.commit()
+    # End the transaction the check began: Alembic only commits a transaction it began itself.
+    connection.commit()
     context.configure(
         connection=connection,
         version_table="alembic_version",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import psycopg
@@ -16,6 +17,24 @@ from ingest_service.ingest.results import PendingItem, RequestMeta
 from ingest_service.ingest.validation import validate
 from ingest_service.ingest.writer import DeviceCache, write_batch
 from tests.utils.events import telemetry
+
+
+def test_migrations_upgrade_an_existing_database_step_by_step(pg_server: DatabaseTarget) -> None:
+    """Regression: an upgrade of a database already at an older revision must commit its steps."""
+    from alembic import command
+
+    from tests.utils.db import drop_database
+
+    target = pg_server.with_database(f"iot_steps_{os.getpid()}")
+    drop_database(pg_server, "iot_steps_" + str(os.getpid()))
+    try:
+        migrate.ensure_database(target)
+        command.upgrade(migrate.alembic_config(target), "0001")
+        assert migrate.current_revision(target) == "0001"
+        migrate.upgrade(target)
+        assert migrate.current_revision(target) == migrate.head_revision() != "0001"
+    finally:
+        drop_database(pg_server, target.parts["dbname"])
 
 
 def test_migrations_are_idempotent(fresh_db: DatabaseTarget) -> None:
