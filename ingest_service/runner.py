@@ -16,6 +16,9 @@ from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import embedded_data_dir, resolve_target, stop_embedded, tool_environment
 
 PYTHON = sys.executable
+FIRST_BUILD_AFTER_DELAY = (
+    "import subprocess, sys, time; time.sleep(float(sys.argv[1])); sys.exit(subprocess.call(sys.argv[2:]))"
+)
 
 
 def _dev_settings() -> Settings:
@@ -182,11 +185,35 @@ def cmd_up(args: argparse.Namespace) -> int:
         return proc
 
     api_url = f"http://127.0.0.1:{args.port}"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # A supervisor's SIGTERM or a closed terminal stops everything just like Ctrl-C.
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
     try:
         api = spawn("api", [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"])
         wait_ready(api_url + "/readyz", process=api)
-        for extra in _extra_services(args, env, spawn):
-            print(extra)
+        extras = _extra_services(args, env, spawn)
+        # The analytics models should not wait for the first scheduled run: build them once the
+        # simulator has streamed for a minute.
+        first_build = spawn(
+            "dbt-first-build",
+            [
+                PYTHON,
+                "-c",
+                FIRST_BUILD_AFTER_DELAY,
+                "60",
+                PYTHON,
+                "-m",
+                "ingest_service.cli",
+                "dbt",
+                "build",
+                "--exclude-resource-type",
+                "unit_test",
+            ],
+        )
         where = f"embedded PostgreSQL 16, data in {embedded_data_dir(settings)}" if target.embedded else "DATABASE_URL"
         print(
             f"\nIoT platform is up\n"
@@ -194,8 +221,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"                {target.url}\n"
             f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
             f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
-            f"  logs          {logs}/\n"
-            f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
+            f"  logs          {logs}/   (first dbt build of the analytics models: dbt-first-build.log)\n"
+            + "".join(line + "\n" for line in extras)
+            + f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
             f"{args.new_firmware_share:.0%} on the new mm firmware\n"
             f"Ctrl-C stops everything; the data stays for the next `make up`.\n",
             flush=True,
@@ -216,9 +244,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             own_session=True,
         )
         started += [generator, pipe]
-        while all(p.poll() is None for p in started):
+        services = [p for p in started if p is not first_build]
+        while all(p.poll() is None for p in services):
             time.sleep(0.5)
-        failed = [p.args for p in started if p.poll() not in (None, 0)]
+        failed = [p.args for p in services if p.poll() not in (None, 0)]
         if failed:
             print(f"\nstopped: a process exited: {failed[0]} (see {logs}/)", file=sys.stderr)
             return 1
@@ -228,6 +257,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         _drain_publisher(started)
         return 0
     finally:
+        # A second Ctrl-C must not abandon the clean-up half-way and leave processes behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _stop(started)
         if target.embedded and not pg_was_running:
             stop_embedded(settings)
