@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -18,9 +16,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from ingest_service.core.config import PROJECT_ROOT
-from ingest_service.runner import wait_ready
 from tests.analytics.conftest import API_KEY, AnalyticsDb
+from tests.utils.processes import running_api
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -44,37 +41,11 @@ CHROMIUM_FLAGS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(analytics_db: AnalyticsDb) -> Iterator[str]:
     """A real `iot-platform serve` process on a free port, with the analytics key configured."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": analytics_db.target.url,
-        "DEV_MODE": "1",
-        "ANALYTICS_API_KEY": API_KEY,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest_service.cli", "serve", "--port", str(port), "--no-migrate"],
-        cwd=PROJECT_ROOT,
-        env=env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base + "/readyz", timeout=60, process=proc)
+    with running_api(analytics_db.target, "browser-test-secret", ANALYTICS_API_KEY=API_KEY) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def dump_dom(url: str, profile: Path, budget_ms: int = 8000) -> str:
