@@ -121,13 +121,18 @@ def test_partitioned_backfill_of_two_days_equals_a_full_build(
                 "select distinct (ingested_at at time zone 'UTC')::date from ingest.processed_record order by 1"
             )
         ]
-        # Lose the rollup's rows (the table stays, so the runs below are incremental).
-        conn.execute("delete from analytics.fct_readings_hourly")
+        # Lose the rollup's rows of the two past days (the table stays, so the runs below are
+        # incremental); today's rows stay and must come out untouched.
+        lost = conn.execute(
+            "delete from analytics.fct_readings_hourly where last_ingested_at < %s::date",
+            (_today(),),
+        ).rowcount
     assert len(days) == 3 and days[-1] == _today()
     assert {str(row[8].astimezone(UTC).date()) for row in full_rows} == set(days)
 
+    assert 0 < lost < len(full_rows)
     # Backfill the two past days as the daemon runs it (BackfillPolicy.single_run): one run over the
-    # partition range. A closed range re-rolls every group with facts ingested since its start.
+    # partition range. A closed range re-rolls the groups its days' facts touch, and no others.
     result = dg.materialize(
         everything,
         selection=ROLLUP,

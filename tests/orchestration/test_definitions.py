@@ -87,7 +87,10 @@ def test_rollup_vars_rebuild_closed_days_and_use_the_watermark_today() -> None:
     now = datetime(2026, 3, 4, 17, 5, tzinfo=UTC)
     past = dg.TimeWindow(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC))
     today = dg.TimeWindow(datetime(2026, 3, 4, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
-    assert rollup_vars(past, now) == {"rollup_since": "2026-03-01T00:00:00+00:00"}
+    assert rollup_vars(past, now) == {
+        "rollup_since": "2026-03-01T00:00:00+00:00",
+        "rollup_until": "2026-03-03T00:00:00+00:00",
+    }
     assert rollup_vars(today, now) == {}
 
 

@@ -17,6 +17,9 @@ changed_hours as (
 
     from readings
     where ingested_at > {{ rollup_watermark() }}
+    {%- if var('rollup_until') %}
+        and ingested_at <= '{{ var('rollup_until') }}'::timestamptz
+    {%- endif %}
 
 ),
 

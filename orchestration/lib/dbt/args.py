@@ -30,11 +30,10 @@ def rollup_vars(window: dg.TimeWindow, now: datetime) -> dict[str, str]:
     """dbt vars for one run of the hourly rollup over a window of ingest days.
 
     fct_readings_hourly re-aggregates every (device, type, hour) group that has facts ingested after
-    `rollup_since`; unset, after its own watermark. A window still open (today) is an ordinary
-    incremental run, whose cost is the new data. A closed window (a backfill of past days) re-rolls
-    from its start: the model has no upper bound, so groups touched later are re-rolled too, which
-    costs more but yields the same rows.
+    `rollup_since` (and up to `rollup_until`); unset, after its own watermark. A window still open
+    (today) is an ordinary incremental run, whose cost is the new data. A closed window (a backfill
+    of past days) re-rolls the groups its days' facts touch, whole, so it costs what those days cost.
     """
     if window.end > now:
         return {}
-    return {"rollup_since": window.start.isoformat()}
+    return {"rollup_since": window.start.isoformat(), "rollup_until": window.end.isoformat()}
