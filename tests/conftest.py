@@ -40,6 +40,14 @@ def fresh_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterator
     drop_database(pg_server, target.parts["dbname"])
 
 
+@pytest.fixture(scope="module")
+def module_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterator[DatabaseTarget]:
+    """A migrated, empty database shared by the tests of one module (for slow set-ups: dbt builds, corpora)."""
+    target = create_fresh_database(pg_server)
+    yield target
+    drop_database(pg_server, target.parts["dbname"])
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that touch PostgreSQL are marked `db`: CI reruns them against PostgreSQL 15."""
     for item in items:

@@ -20,7 +20,6 @@ from ingest_service.core.database import DatabaseTarget
 from ingest_service.main import create_app
 from tests.ingest_service.conftest import SECRET, make_settings
 from tests.security.ledger_checks import check_answer_shape, check_stored
-from tests.utils.db import create_fresh_database, drop_database
 from tests.utils.events import startup, telemetry, token
 
 JSON = "application/json"
@@ -463,21 +462,14 @@ CASES = list(cases())
 
 
 @pytest.fixture(scope="module")
-def corpus_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterator[DatabaseTarget]:
-    target = create_fresh_database(pg_server, prefix="iot_hostile")
-    yield target
-    drop_database(pg_server, target.parts["dbname"])
-
-
-@pytest.fixture(scope="module")
-def hostile_client(corpus_db: DatabaseTarget) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(corpus_db))) as client:
+def hostile_client(module_db: DatabaseTarget) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(module_db))) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def ledger(corpus_db: DatabaseTarget) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(corpus_db.url, autocommit=True) as conn:
+def ledger(module_db: DatabaseTarget) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(module_db.url, autocommit=True) as conn:
         yield conn
 
 

@@ -23,7 +23,6 @@ from ingest_service.core.database import DatabaseTarget
 from ingest_service.main import create_app
 from tests.ingest_service.conftest import make_settings
 from tests.security.ledger_checks import check_answer_shape, check_stored
-from tests.utils.db import create_fresh_database, drop_database
 
 EXAMPLES = 80
 PROPERTY = settings(
@@ -43,21 +42,14 @@ NOW = time.time()
 
 
 @pytest.fixture(scope="module")
-def prop_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterator[DatabaseTarget]:
-    target = create_fresh_database(pg_server, prefix="iot_props")
-    yield target
-    drop_database(pg_server, target.parts["dbname"])
-
-
-@pytest.fixture(scope="module")
-def prop_client(prop_db: DatabaseTarget) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(prop_db))) as client:
+def prop_client(module_db: DatabaseTarget) -> Iterator[TestClient]:
+    with TestClient(create_app(make_settings(module_db))) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def prop_ledger(prop_db: DatabaseTarget) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(prop_db.url, autocommit=True) as conn:
+def prop_ledger(module_db: DatabaseTarget) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(module_db.url, autocommit=True) as conn:
         yield conn
 
 
@@ -168,10 +160,10 @@ SCHEMATHESIS_EXAMPLES = 50
 
 
 @pytest.mark.timeout(180)
-def test_api_conforms_to_its_openapi_schema(prop_db: DatabaseTarget) -> None:
+def test_api_conforms_to_its_openapi_schema(module_db: DatabaseTarget) -> None:
     """Generated requests for every ingest operation: no 5xx, and status codes, content types, headers
     and bodies conform to /openapi.json (schemathesis' default checks)."""
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(make_settings(prop_db)))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(make_settings(module_db)))
     operations = [result.ok() for result in schema.get_all_operations()]
     operations = [op for op in operations if op.path in OWN_PATHS]
     assert {op.path for op in operations} == set(OWN_PATHS)
