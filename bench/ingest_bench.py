@@ -759,7 +759,19 @@ def start_profile(args: argparse.Namespace, name: str, srv: dict[str, Any]) -> t
     pid = (srv["noop"] if name == "noop" else srv["api"]).pid
     out = RESULTS_DIR / f"profile-{name}-{dt.datetime.now():%Y%m%d-%H%M%S}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [spy, "record", "-p", str(pid), "--subprocesses", "--nonblocking", "--rate", "200", "--format", "raw"]
+    cmd = [
+        spy,
+        "record",
+        "-p",
+        str(pid),
+        "--subprocesses",
+        "--nonblocking",
+        "--rate",
+        "200",
+        "--format",
+        "raw",
+        "--function",
+    ]
     cmd += ["--output", str(out), "--duration", str(int(args.duration))]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out
 

@@ -1,5 +1,6 @@
-"""The HTTP ceiling: the same server stack as the ingest API (uvicorn + uvloop + httptools + FastAPI,
-same worker count) answering a no-op POST /ingest of the same body. Not part of the product.
+"""The HTTP ceiling: the ingest API's own HTTP stack (uvicorn + uvloop + httptools, the FastAPI
+application and middleware of `ingest_service.main.http_stack`, same worker count) answering a
+no-op POST /ingest of the same body. Not part of the product.
 
     python -m bench.noop_app --port 8123 --workers 1
 """
@@ -7,11 +8,22 @@ same worker count) answering a no-op POST /ingest of the same body. Not part of 
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import orjson
 from fastapi import FastAPI, Request, Response
 
-app = FastAPI(title="no-op ingest (benchmark ceiling)")
+from ingest_service.main import freeze_startup_objects, http_stack
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    freeze_startup_objects()  # as the API does once it has started
+    yield
+
+
+app = http_stack(title="no-op ingest (benchmark ceiling)", lifespan=lifespan)
 _ANSWER = orjson.dumps({"raw_id": 0, "processed_id": 0, "status": "ok"})
 
 

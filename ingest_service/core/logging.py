@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 import time
-import uuid
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -48,6 +48,11 @@ def _valid_request_id(value: bytes) -> str | None:
     return text if 0 < len(text) <= 64 and text.isprintable() else None
 
 
+def new_request_id() -> str:
+    """32 random hex digits, the shape of uuid4().hex at a third of its cost."""
+    return os.urandom(16).hex()
+
+
 class RequestIdMiddleware:
     """Gives every request an id (the client's X-Request-ID when sane), echoes it in the response,
     and logs one access line per request. Pure ASGI: no extra task or body copy per request."""
@@ -59,8 +64,14 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id")
-        request_id = (given and _valid_request_id(given)) or uuid.uuid4().hex
+        request_id = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                request_id = _valid_request_id(value)
+                break
+        if request_id is None:
+            request_id = new_request_id()
+        id_header = (b"x-request-id", request_id.encode())
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 500
@@ -69,8 +80,8 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                headers.append((b"x-request-id", request_id.encode()))
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != b"x-request-id"]
+                headers.append(id_header)
                 message["headers"] = headers
             await send(message)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -44,6 +45,22 @@ class IngestMetrics:
         self.queue_depth = Gauge(
             "ingest_queue_depth", "Requests waiting for a writer", registry=r, multiprocess_mode="livesum"
         )
+        self._item_children: dict[tuple[str, str], Any] = {}
+        self._request_children: dict[int, Any] = {}
+
+    # labels() validates and locks on every call; the hot path keeps the few children it uses.
+    def count_item(self, status: str, reason: str | None, count: int = 1) -> None:
+        key = (status, reason or "")
+        child = self._item_children.get(key)
+        if child is None:
+            child = self._item_children[key] = self.items.labels(*key)
+        child.inc(count)
+
+    def count_request(self, status_code: int) -> None:
+        child = self._request_children.get(status_code)
+        if child is None:
+            child = self._request_children[status_code] = self.requests.labels(str(status_code))
+        child.inc()
 
 
 METRICS = IngestMetrics()

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -35,11 +34,15 @@ class DatabaseUnavailable(Exception):
     """The database could not take the request; nothing of it was stored."""
 
 
-@dataclass
 class _Job:
-    items: list[PendingItem]
-    in_flight: bool = False
-    future: asyncio.Future[list[ItemResult]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    """One request's items, waiting for (or in) a group transaction."""
+
+    __slots__ = ("future", "in_flight", "items")
+
+    def __init__(self, items: list[PendingItem], loop: asyncio.AbstractEventLoop) -> None:
+        self.items = items
+        self.in_flight = False
+        self.future: asyncio.Future[list[ItemResult]] = loop.create_future()
 
 
 class IngestService:
@@ -146,10 +149,11 @@ class IngestService:
 
     async def ingest(self, items: list[BodyItem], meta: RequestMeta) -> list[ItemResult]:
         await self._catalog_for(items)
-        job = _Job(self.classify(items, meta))
+        loop = asyncio.get_running_loop()
+        job = _Job(self.classify(items, meta), loop)
         self._queue.put_nowait(job)
         # One timer per request (cheaper than wait_for + shield, which add a task and two futures).
-        timer = asyncio.get_running_loop().call_later(self.settings.request_timeout_seconds, self._expire, job)
+        timer = loop.call_later(self.settings.request_timeout_seconds, self._expire, job)
         try:
             return await job.future
         finally:
