@@ -18,7 +18,7 @@ from ingest_service.analytics.reader import (
     analytics_error_response,
     analytics_url,
 )
-from ingest_service.api.main import api_router
+from ingest_service.api.main import ROUTERS
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
 from ingest_service.core.config import Settings, get_settings
 from ingest_service.core.database import resolve_target
@@ -86,7 +86,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(api_router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.add_exception_handler(AnalyticsUnavailable, analytics_error_response)  # type: ignore[arg-type]
     _add_event_schemas(app)
     return app

@@ -251,7 +251,9 @@ class IngestService:
         for attempt in (1, 2):
             try:
                 async with self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn:
-                    async with conn.transaction():
+                    # Pipeline mode: BEGIN travels with the first statement and COMMIT needs no
+                    # extra wait of its own: two round trips per group instead of four.
+                    async with conn.pipeline(), conn.transaction():
                         results, touched = await write_batch(conn, items, self.devices)
                 now = time.monotonic()
                 for device_id in touched:
