@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
+import random
 import sys
 import time
 
@@ -49,8 +49,9 @@ def _valid_request_id(value: bytes) -> str | None:
 
 
 def new_request_id() -> str:
-    """32 random hex digits, the shape of uuid4().hex at a third of its cost."""
-    return os.urandom(16).hex()
+    """32 random hex digits, the shape of uuid4().hex. An id to correlate logs, not a secret: the
+    process's Mersenne Twister (seeded from os.urandom) avoids a getrandom syscall per request."""
+    return f"{random.getrandbits(128):032x}"
 
 
 class RequestIdMiddleware:

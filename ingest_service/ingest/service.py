@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -52,7 +53,9 @@ class IngestService:
         self.settings = settings
         self.catalog = RecordTypeCatalog()
         self.devices = DeviceCache()
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # Requests waiting for a group, oldest first; the dispatcher sleeps on `_arrived` when empty.
+        self._waiting: deque[_Job] = deque()
+        self._arrived = asyncio.Event()
         self._writers: list[asyncio.Task[None]] = []  # the dispatcher
         self._commits: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(1, settings.writers))
@@ -64,11 +67,14 @@ class IngestService:
     async def start(self) -> None:
         with contextlib.suppress(psycopg.Error, PoolTimeout):
             await self.refresh_catalog()
-        self._writers = [asyncio.create_task(self._dispatch_loop(), name="ingest-dispatcher")]
+        self._writers = [
+            asyncio.create_task(self._dispatch_loop(), name="ingest-dispatcher"),
+            asyncio.create_task(self._expire_loop(), name="ingest-expiry"),
+        ]
 
     async def stop(self) -> None:
         """Finish what is queued and in flight, then stop the dispatcher."""
-        while not self._queue.empty():
+        while self._waiting:
             await asyncio.sleep(0.01)
         await asyncio.gather(*self._commits, return_exceptions=True)
         for task in self._writers:
@@ -152,33 +158,41 @@ class IngestService:
         await self._catalog_for(items)
         loop = asyncio.get_running_loop()
         job = _Job(self.classify(items, meta), loop)
-        self._queue.put_nowait(job)
-        # One timer per request (cheaper than wait_for + shield, which add a task and two futures).
-        timer = loop.call_later(self.settings.request_timeout_seconds, self._expire, job)
-        try:
-            return await job.future
-        finally:
-            timer.cancel()
+        self._waiting.append(job)
+        self._arrived.set()
+        return await job.future
 
-    @staticmethod
-    def _expire(job: _Job) -> None:
-        """The request waited too long. A job whose transaction is running (bounded by
-        statement_timeout) is waited for: the answer must say what it did. A job still queued is
-        failed, and writers skip it: it is never stored after its client was told to retry."""
-        if not job.in_flight and not job.future.done():
-            job.future.set_exception(DatabaseUnavailable("timed out waiting for the database"))
+    async def _expire_loop(self) -> None:
+        """Fail requests that waited too long for a group. A job whose transaction is running
+        (bounded by statement_timeout) is waited for: the answer must say what it did. A job still
+        waiting is failed, and writers skip it: it is never stored after its client was told to
+        retry. One sweep of the oldest waiters per tick instead of a timer per request."""
+        timeout = self.settings.request_timeout_seconds
+        tick = min(0.1, timeout / 10)
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(tick)
+            deadline = loop.time() - timeout
+            for job in self._waiting:  # oldest first: stop at the first one still in time
+                if job.queued_at > deadline:
+                    break
+                if not job.future.done():
+                    job.future.set_exception(DatabaseUnavailable("timed out waiting for the database"))
 
     def _drain(self, jobs: list[_Job], count: int) -> int:
         """Move waiting requests into the group, up to the item cap (one request may pass it)."""
-        queue, cap = self._queue, self.settings.group_commit_max_items
-        while count < cap and not queue.empty():
-            job = queue.get_nowait()
+        waiting, cap = self._waiting, self.settings.group_commit_max_items
+        while count < cap and waiting:
+            job = waiting.popleft()
             jobs.append(job)
             count += len(job.items)
         return count
 
     async def _gather(self) -> list[_Job]:
-        jobs = [await self._queue.get()]
+        while not self._waiting:
+            self._arrived.clear()
+            await self._arrived.wait()
+        jobs = [self._waiting.popleft()]
         count = self._drain(jobs, len(jobs[0].items))
         # The window counts from the first request's arrival: under load, the time the event loop
         # took to reach the dispatcher has already gathered the group, and waiting longer would
@@ -191,7 +205,7 @@ class IngestService:
         await self._slots.acquire()
         # Requests that arrived while every writer was busy join this group.
         self._drain(jobs, count)
-        METRICS.queue_depth.set(self._queue.qsize())
+        METRICS.queue_depth.set(len(self._waiting))
         live = [job for job in jobs if not job.future.done()]
         for job in live:
             job.in_flight = True

@@ -180,3 +180,34 @@ def test_group_commit_answers_each_request_with_its_own_rows(fresh_db: DatabaseT
     for i, (result,) in enumerate(answers):
         assert result.status == "ok"
         assert by_raw[result.raw_id] == f"r{i}" and stored[f"r{i}"] == i
+
+
+def test_group_commit_window_counts_from_the_first_request(fresh_db: DatabaseTarget) -> None:
+    """A group whose first request has already waited the window is written at once; a fresh one
+    waits for company. (A 30 s window makes the difference unmistakable without timing anything.)"""
+    from psycopg_pool import AsyncConnectionPool
+
+    from ingest_service.ingest.service import IngestService, _Job
+
+    async def run() -> tuple[list[str], bool]:
+        settings = make_settings(fresh_db, group_commit_window_ms=30_000.0)
+        async with AsyncConnectionPool(fresh_db.url, min_size=1, max_size=2) as pool:
+            service = IngestService(pool, settings)
+            loop = asyncio.get_running_loop()
+            aged, fresh = _Job([], loop), _Job([], loop)
+            aged.queued_at -= 31.0  # queued longer ago than the window
+            service._waiting.append(aged)
+            gathered = await asyncio.wait_for(service._gather(), timeout=5)
+            service._slots.release()
+
+            service._waiting.append(fresh)
+            try:
+                await asyncio.wait_for(service._gather(), timeout=0.5)
+                fresh_waited = False
+            except TimeoutError:
+                fresh_waited = True
+            return ["aged" if job is aged else "other" for job in gathered], fresh_waited
+
+    gathered, fresh_waited = asyncio.run(run())
+    assert gathered == ["aged"]
+    assert fresh_waited
