@@ -616,7 +616,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="API (and no-op) uvicorn workers (default: serve's)")
     p.add_argument("--clients", type=int, default=4, help="concurrent connections of the batch client (default 4)")
     p.add_argument("--connections", type=int, default=64, help="wrk connections for single events (default 64)")
-    p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (default 1)")
+    # One wrk thread per core: a single thread answers a burst of responses one connection after the
+    # other, and the API then waits on the client (docs/performance.md, "The load generator").
+    p.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="wrk threads (default: 2, or 1 on one core)",
+    )
     p.add_argument("--copy-batches", type=int, default=300, help="batches of 1,000 per COPY measurement")
     p.add_argument("--soak", type=float, default=0.0, help="instead: SECONDS of full load, tracking the API's RSS")
     p.add_argument("--profile", choices=SCENARIOS[1:], default=None, help="py-spy the API during this scenario")
