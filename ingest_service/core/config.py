@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     failed_startups_per_serial: int = 5
     failed_startup_window_seconds: float = 60.0
 
-    # Write path: writers share a pool; each gathers requests for up to the window (group commit).
+    # Write path: writers share a pool; a group waits at most the window, counted from its first
+    # request's arrival, for more requests to share its transaction (group commit).
     pool_min_size: int = 2
     pool_max_size: int = 8
     writers: int = 4
