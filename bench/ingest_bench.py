@@ -51,6 +51,7 @@ from bench.batch_client import make_body
 from ingest_service.core import migrate
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
+from ingest_service.runner import default_workers
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -580,7 +581,7 @@ def servers(args: argparse.Namespace, api_db: DatabaseTarget, need_noop: bool) -
         noop = None
         if need_noop:
             cmd = [sys.executable, "-m", "bench.noop_app", "--port", str(noop_port)]
-            cmd += ["--workers", str(args.workers or 1)]
+            cmd += ["--workers", str(args.workers or default_workers())]  # as many as the API's
             noop = subprocess.Popen(cmd, env=env, cwd=PROJECT_ROOT, start_new_session=True)
             started.append(noop)
             wait_ready(f"http://127.0.0.1:{noop_port}/readyz", noop)

@@ -27,6 +27,16 @@ def _dev_settings() -> Settings:
     return Settings()
 
 
+def default_workers() -> int:
+    """WEB_CONCURRENCY when set (the uvicorn/gunicorn convention), else one worker per two cores:
+    PostgreSQL usually shares the machine and spends more CPU per event than the API (3x on
+    batches), and on 2 cores one worker measured best (docs/performance.md)."""
+    configured = os.environ.get("WEB_CONCURRENCY", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    return max(1, (os.cpu_count() or 1) // 2)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -288,7 +298,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser("serve", help="serve the ingest API (migrates first)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes (default 1)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="uvicorn worker processes (default: $WEB_CONCURRENCY, else one per two CPU cores)",
+    )
     serve.add_argument("--log-level", default="warning")
     serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head` at start")
     serve.set_defaults(func=cmd_serve)

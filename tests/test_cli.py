@@ -28,3 +28,19 @@ def test_cli_migrate_applies_schema(fresh_db, monkeypatch: pytest.MonkeyPatch) -
         cwd=PROJECT_ROOT, capture_output=True, text=True, env=env, check=True,
     )  # fmt: skip
     assert "migrated" in result.stdout
+
+
+def test_serve_workers_default_to_web_concurrency_or_half_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from ingest_service.runner import default_workers
+
+    monkeypatch.setenv("WEB_CONCURRENCY", "3")
+    assert default_workers() == 3
+    for unusable in ("0", "many", ""):
+        monkeypatch.setenv("WEB_CONCURRENCY", unusable)
+        assert default_workers() == max(1, (os.cpu_count() or 1) // 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_workers() == 4
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert default_workers() == 1
