@@ -61,7 +61,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
             open=False,
-            kwargs={"options": f"-c statement_timeout={timeout_ms}", "application_name": "ingest_service"},
+            # autocommit: a group of the common kind is one statement (ingest.write_items), atomic on
+            # its own; writes of several statements open a transaction explicitly.
+            kwargs={
+                "options": f"-c statement_timeout={timeout_ms}",
+                "application_name": "ingest_service",
+                "autocommit": True,
+            },
             timeout=settings.request_timeout_seconds,
         )
         await pool.open(wait=False)

@@ -25,7 +25,7 @@ from ingest_service.ingest.catalog import RecordTypeCatalog
 from ingest_service.ingest.ratelimit import FAILURE_REASONS, FailedStartupLimiter
 from ingest_service.ingest.results import ItemResult, PendingItem, RequestMeta
 from ingest_service.ingest.validation import Rejection, Startup, Telemetry, validate
-from ingest_service.ingest.writer import DeviceCache, write_batch
+from ingest_service.ingest.writer import DeviceCache, needs_transaction, write_batch
 
 log = logging.getLogger(__name__)
 CATALOG_MISS_REFRESH_SECONDS = 1.0
@@ -269,10 +269,12 @@ class IngestService:
         for attempt in (1, 2):
             try:
                 async with self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn:
-                    # Pipeline mode: BEGIN travels with the first statement and COMMIT needs no
-                    # extra wait of its own: two round trips per group instead of four.
-                    async with conn.pipeline(), conn.transaction():
+                    if conn.autocommit and not needs_transaction(items, self.devices):
+                        # One statement, atomic on its own: one round trip, no BEGIN/COMMIT.
                         results, touched = await write_batch(conn, items, self.devices)
+                    else:
+                        async with conn.transaction():
+                            results, touched = await write_batch(conn, items, self.devices)
                 now = time.monotonic()
                 for device_id in touched:
                     self.devices.touched[device_id] = now

@@ -1,9 +1,11 @@
-"""The write path: a batch of items becomes ledger rows and outcomes in one transaction, in a
-constant number of statements whatever the batch size (array parameters, no per-item round trips).
+"""The write path: a batch of items becomes ledger rows and outcomes in a constant number of
+statements whatever the batch size (array parameters, no per-item round trips).
 
-The common batch (telemetry and rejected items, devices already known) is one statement plus the
-commit: it allocates the raw ids, writes the ledger, the facts and the errors together. Startups,
-unknown provisioned devices, device touches and replayed facts each add one statement when present.
+The common batch (telemetry and rejected items of known or legacy devices) is one statement,
+`ingest.write_items()` (migration 0003): device touches, the ledger, the facts, the errors and the
+duplicates of replayed facts together, atomic on its own, so it needs no transaction around it.
+Startups and telemetry for provisioned ids not yet seen add statements, and then the caller wraps
+the batch in a transaction (`needs_transaction`).
 """
 
 from __future__ import annotations
@@ -24,54 +26,18 @@ DEVICE_TOUCH_INTERVAL_SECONDS = 60.0
 # regular expression (about 40 us per element), the binary one does not.
 ALLOCATE_DEVICE_IDS = "select nextval('ingest.device_provisioned_id_seq') from generate_series(1, %b)"
 
-# Ledger rows, facts and known errors in one statement. `raw` is materialized once, so each item
-# gets one id; the facts' and errors' foreign keys to the ledger are checked at the end of the
-# statement, when the ledger rows exist. Facts conflict-skip (idempotency); the skipped ones are
-# matched to the fact they repeat by INSERT_DUPLICATES in the next statement.
-WRITE_MAIN = """
-with raw as materialized (
-    select nextval('ingest.raw_record_id_seq') as id, u.*
-    from unnest(%b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[])
-        with ordinality
-        as u(request_id, batch_index, content_type, content_encoding, remote_addr, payload, body_text, body_bytes, pos)
-),
-ledger as (
-    insert into ingest.raw_record
-        (id, request_id, batch_index, content_type, content_encoding, remote_addr, payload, body_text, body_bytes)
-    select id, request_id, batch_index, content_type, content_encoding, remote_addr, payload::jsonb, body_text,
-           body_bytes
-    from raw
-    order by pos
-),
-facts as (
-    insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value)
-    select raw.id, f.device_id, f.type_id, to_timestamp(f.ts), f.value
-    from unnest(%b::int[], %b::bigint[], %b::smallint[], %b::float8[], %b::float8[])
-        as f(pos, device_id, type_id, ts, value)
-    join raw using (pos)
-    order by f.pos
-    on conflict do nothing
-    returning id, raw_record_id
-),
-errors as (
-    insert into ingest.ingest_error (raw_record_id, reason, detail, event_type, device_id)
-    select raw.id, e.reason, e.detail, e.event_type, e.device_id
-    from unnest(%b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[])
-        as e(pos, reason, detail, event_type, device_id)
-    join raw using (pos)
+# Ledger rows, facts, known errors, device touches and replayed facts' duplicates: one statement.
+WRITE_ITEMS = """
+select raw_ids, fact_raw_ids, fact_ids, duplicate_raw_ids, duplicate_fact_ids, lost_raw_ids
+from ingest.write_items(
+    %b::text[], %b::int[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bytea[],
+    %b::int[], %b::bigint[], %b::smallint[], %b::float8[], %b::float8[],
+    %b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[],
+    %b::bigint[]
 )
-select (select array_agg(id order by pos) from raw),
-       (select array_agg(raw_record_id) from facts),
-       (select array_agg(id) from facts)
 """
 
 FIND_DEVICES = "select id from ingest.device where id = any(%b::bigint[])"
-
-TOUCH_DEVICES = """
-insert into ingest.device (id, origin)
-select id, 'legacy' from unnest(%b::bigint[]) as u(id)
-on conflict (id) do update set last_seen_at = now()
-"""
 
 FIND_STARTUP_DEVICES = """
 select id, serial from ingest.device where serial = any(%b::text[]) or id = any(%b::bigint[])
@@ -95,26 +61,6 @@ from unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::float8[], %b
     as u(raw_id, device_id, serial, firmware, started_at, upgraded)
 """
 
-# The facts a replayed event repeats; ON CONFLICT above waited for any concurrent writer, so the
-# fact it conflicted with is visible to this statement (a new snapshot).
-INSERT_DUPLICATES = """
-insert into ingest.raw_duplicate (raw_record_id, processed_record_id)
-select u.raw_id, p.id
-from unnest(%b::bigint[], %b::bigint[], %b::smallint[], %b::float8[], %b::float8[])
-    as u(raw_id, device_id, type_id, ts, value)
-join ingest.processed_record as p
-    on p.device_id = u.device_id
-    and p.record_type_id = u.type_id
-    and p.record_time = to_timestamp(u.ts)
-    and p.value = u.value
-returning raw_record_id, processed_record_id
-"""
-
-INSERT_ERRORS = """
-insert into ingest.ingest_error (raw_record_id, reason, detail, event_type, device_id)
-select * from unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[])
-"""
-
 
 @dataclass
 class DeviceCache:
@@ -128,6 +74,22 @@ class DeviceCache:
 
     def clear(self) -> None:
         self.touched.clear()
+
+
+LOST_FACT = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
+
+
+def needs_transaction(items: list[PendingItem], cache: DeviceCache) -> bool:
+    """Whether `write_batch` will send more than its one statement for these items: startups, and
+    telemetry for provisioned ids this process has not seen yet, add statements."""
+    for item in items:
+        o = item.outcome
+        kind = type(o)
+        if kind is Startup:
+            return True
+        if kind is Telemetry and o.device_id > LEGACY_DEVICE_ID_MAX and o.device_id not in cache.touched:  # type: ignore[union-attr]
+            return True
+    return False
 
 
 def _rejected(raw_id: int, rejection: Rejection) -> ItemResult:
@@ -208,8 +170,9 @@ async def _resolve_startups(
 async def write_batch(
     conn: psycopg.AsyncConnection, items: list[PendingItem], cache: DeviceCache
 ) -> tuple[list[ItemResult], set[int]]:
-    """Store `items` inside the caller's transaction. Returns the results in input order and the
-    device ids to remember in the cache once the transaction has committed."""
+    """Store `items`: in the caller's transaction when `needs_transaction` says so, else as one
+    statement on its own. Returns the results in input order and the device ids to remember in the
+    cache once the write has committed."""
     now = time.monotonic()
     outcomes = [item.outcome for item in items]
     touched = cache.touched
@@ -283,16 +246,10 @@ async def write_batch(
             error_pos.append(pos)
             errors.append(o)  # type: ignore[arg-type]
 
-    # Sorted, so concurrent transactions lock device rows in the same order and cannot deadlock.
-    # Provisioned ids here exist already (checked above), so only legacy ids can be inserted.
-    touch = sorted(touch_set)
-    if touch:
-        await conn.execute(TOUCH_DEVICES, (touch,))
-
     metas = [item.meta for item in items]
     bodies = [item.body for item in items]
     cur = await conn.execute(
-        WRITE_MAIN,
+        WRITE_ITEMS,
         (
             [m.request_id for m in metas],
             [item.batch_index for item in items],
@@ -312,53 +269,28 @@ async def write_batch(
             [e.detail for e in errors],
             [e.event_type for e in errors],
             [e.device_id for e in errors],
+            # Sorted, so concurrent writers lock device rows in the same order and cannot deadlock.
+            # Provisioned ids here exist already (checked above), so only legacy ids can be inserted.
+            sorted(touch_set),
         ),
     )
     row = await cur.fetchone()
     assert row is not None
     raw_ids: list[int] = row[0]
-    inserted = dict(zip(row[1] or (), row[2] or (), strict=True))  # raw id -> fact id
+    stored = dict(zip(row[1] or (), row[2] or (), strict=True))  # raw id -> new fact id
+    duplicates = dict(zip(row[3] or (), row[4] or (), strict=True))  # raw id -> the fact it repeats
+    lost = set(row[5] or ())  # facts neither stored nor found (cannot happen while uq_processed_event holds)
 
     results: list[ItemResult | None] = [None] * len(items)
-    if fact_pos:
-        repeats = [i for i, pos in enumerate(fact_pos) if raw_ids[pos - 1] not in inserted]
-        duplicates: dict[int, int] = {}
-        if repeats:
-            cur = await conn.execute(
-                INSERT_DUPLICATES,
-                (
-                    [raw_ids[fact_pos[i] - 1] for i in repeats],
-                    [fact_device[i] for i in repeats],
-                    [fact_type[i] for i in repeats],
-                    [fact_time[i] for i in repeats],
-                    [fact_value[i] for i in repeats],
-                ),
-            )
-            duplicates = dict(await cur.fetchall())
-        lost: list[int] = []
-        for pos in fact_pos:
-            raw_id = raw_ids[pos - 1]
-            fact_id = inserted.get(raw_id)
-            if fact_id is not None:
-                results[pos - 1] = ItemResult(raw_id, "ok", processed_id=fact_id)
-            elif raw_id in duplicates:
-                results[pos - 1] = ItemResult(raw_id, "duplicate", processed_id=duplicates[raw_id])
-            else:  # cannot happen while uq_processed_event holds; never leave a raw row without outcome
-                lost.append(pos - 1)
-        if lost:
-            rejection = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
-            await conn.execute(
-                INSERT_ERRORS,
-                (
-                    [raw_ids[i] for i in lost],
-                    [rejection.reason] * len(lost),
-                    [rejection.detail] * len(lost),
-                    [None] * len(lost),
-                    [None] * len(lost),
-                ),
-            )
-            for i in lost:
-                results[i] = _rejected(raw_ids[i], rejection)
+    for pos in fact_pos:
+        raw_id = raw_ids[pos - 1]
+        fact_id = stored.get(raw_id)
+        if fact_id is not None:
+            results[pos - 1] = ItemResult(raw_id, "ok", processed_id=fact_id)
+        elif raw_id in duplicates:
+            results[pos - 1] = ItemResult(raw_id, "duplicate", processed_id=duplicates[raw_id])
+        elif raw_id in lost:
+            results[pos - 1] = _rejected(raw_id, LOST_FACT)
 
     if startup_devices:
         positions = sorted(startup_devices)

@@ -16,7 +16,7 @@ from ingest_service.ingest.results import PendingItem, RequestMeta
 from ingest_service.ingest.validation import validate
 from ingest_service.ingest.writer import DeviceCache, write_batch
 from tests.ingest_service.conftest import make_settings
-from tests.utils.events import telemetry
+from tests.utils.events import startup, telemetry
 
 
 class CountingConnection:
@@ -54,13 +54,15 @@ async def _write(url: str, batches: list[bytes], cache: DeviceCache) -> list[tup
     return out
 
 
-def test_known_devices_telemetry_batch_is_one_statement(fresh_db: DatabaseTarget) -> None:
+def test_telemetry_batch_is_one_statement(fresh_db: DatabaseTarget) -> None:
     base = time.time() - 500
     first = [telemetry(device_id=i % 20 + 1, value=i % 100, timestamp=base + i / 1000) for i in range(500)]
     second = [telemetry(device_id=i % 20 + 1, value=i % 100, timestamp=base + 1 + i / 1000) for i in range(500)]
     (r1, q1), (r2, q2) = asyncio.run(_write(fresh_db.url, [orjson.dumps(first), orjson.dumps(second)], DeviceCache()))
-    assert len(q1) == 2  # the devices are new: one upsert, then the main statement
+    assert len(q1) == 1  # new legacy devices are created by the same statement (ingest.write_items)
     assert len(q2) == 1  # devices cached: ledger + facts in one statement
+    with psycopg.connect(fresh_db.url) as conn:
+        assert conn.execute("select count(*) from ingest.device").fetchone() == (20,)
     assert [r.status for r in r1 + r2] == ["ok"] * 1000
     raw_ids = [r.raw_id for r in r2]
     assert raw_ids == sorted(raw_ids) and len(set(raw_ids)) == 500  # ids follow the input order
@@ -89,7 +91,7 @@ def test_mixed_batch_outcomes_in_input_order(fresh_db: DatabaseTarget) -> None:
         None,
     ]
     assert results[2].processed_id == results[0].processed_id
-    assert len(queries) <= 4  # find devices, touch, main, duplicates
+    assert len(queries) == 2  # find the provisioned device, then everything else in one statement
 
     with psycopg.connect(fresh_db.url) as conn:
         rows = conn.execute(
@@ -211,3 +213,54 @@ def test_group_commit_window_counts_from_the_first_request(fresh_db: DatabaseTar
     gathered, fresh_waited = asyncio.run(run())
     assert gathered == ["aged"]
     assert fresh_waited
+
+
+def test_only_startups_and_unseen_provisioned_devices_need_a_transaction(fresh_db: DatabaseTarget) -> None:
+    """The service writes a group without BEGIN/COMMIT when write_batch sends a single statement."""
+    from ingest_service.ingest.writer import needs_transaction
+
+    async def pending(events: list) -> list[PendingItem]:
+        async with await psycopg.AsyncConnection.connect(fresh_db.url) as conn:
+            catalog = RecordTypeCatalog()
+            await catalog.refresh(conn)
+        return _pending(catalog, orjson.dumps(events))
+
+    base = time.time() - 10
+    cache = DeviceCache()
+    legacy = asyncio.run(pending([telemetry(device_id=3, value=1, timestamp=base), {"device_id": 3}]))
+    provisioned = asyncio.run(pending([telemetry(device_id=2**31 + 9, value=1, timestamp=base)]))
+    good_startup = asyncio.run(pending([startup("s", "SN-1")]))  # _pending validates with secret "s"
+    bad_startup = asyncio.run(pending([startup("not-the-secret", "SN-2")]))  # refused: an error row
+    assert not needs_transaction(legacy, cache)
+    assert not needs_transaction(bad_startup, cache)
+    assert needs_transaction(provisioned, cache)
+    assert needs_transaction(good_startup, cache)
+    cache.touched[2**31 + 9] = time.monotonic()  # seen (and so known to exist) by this process
+    assert not needs_transaction(provisioned, cache)
+
+
+def test_autocommit_writers_store_a_concurrent_replay_once(fresh_db: DatabaseTarget) -> None:
+    """Two autocommit connections write the same events at once: each event is one fact, and every
+    ledger row of the loser points to it as a duplicate (ON CONFLICT waits for the winner)."""
+
+    async def run() -> list[list]:
+        base = time.time() - 20
+        body = orjson.dumps([telemetry(device_id=4, value=i - 100, timestamp=base + i / 100) for i in range(200)])
+        async with await psycopg.AsyncConnection.connect(fresh_db.url, autocommit=True) as c1:
+            async with await psycopg.AsyncConnection.connect(fresh_db.url, autocommit=True) as c2:
+                catalog = RecordTypeCatalog()
+                await catalog.refresh(c1)
+                answers = await asyncio.gather(
+                    write_batch(c1, _pending(catalog, body, "a"), DeviceCache()),
+                    write_batch(c2, _pending(catalog, body, "b"), DeviceCache()),
+                )
+        return [results for results, _ in answers]
+
+    a, b = asyncio.run(run())
+    statuses = sorted(x.status for x in a + b)
+    assert statuses == ["duplicate"] * 200 + ["ok"] * 200
+    for x, y in zip(a, b, strict=True):
+        assert x.processed_id == y.processed_id and {x.status, y.status} == {"ok", "duplicate"}
+    with psycopg.connect(fresh_db.url) as conn:
+        assert conn.execute("select count(*) from ingest.processed_record").fetchone() == (200,)
+        assert conn.execute("select count(*) from ingest.raw_duplicate").fetchone() == (200,)
