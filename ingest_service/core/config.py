@@ -44,7 +44,9 @@ class Settings(BaseSettings):
     pool_max_size: int = 8
     writers: int = 4
     group_commit_window_ms: float = 2.0
-    group_commit_max_items: int = 5_000
+    # Small groups keep several transactions in flight (the API's event loop works while PostgreSQL
+    # commits) and let batches commit side by side; a request larger than the cap is a group alone.
+    group_commit_max_items: int = 32
     # A request waits at most this long for the database before it gets 503 + Retry-After.
     request_timeout_seconds: float = 10.0
     retry_after_seconds: int = 1
