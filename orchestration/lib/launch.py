@@ -29,11 +29,14 @@ Spawn = Callable[..., subprocess.Popen]
 
 
 def dagster_postgres_url(database_url: str, schema: str = DAGSTER_SCHEMA) -> str:
-    """DATABASE_URL with Dagster's tables kept in their own schema (search_path via libpq `options`)."""
+    """DATABASE_URL with Dagster's tables kept in their own schema (search_path via libpq `options`).
+
+    The driver is named: SQLAlchemy 2.1 maps a bare `postgresql://` to psycopg 3, whose server-side
+    parameters break dagster-postgres's `NOTIFY run_events, %(id)s` (every event write fails)."""
     split = urlsplit(database_url)
     query = [(k, v) for k, v in parse_qsl(split.query) if k != "options"]
     query.append(("options", f"-csearch_path={schema}"))
-    return urlunsplit(split._replace(scheme="postgresql", query=urlencode(query)))
+    return urlunsplit(split._replace(scheme="postgresql+psycopg2", query=urlencode(query)))
 
 
 def prepare_dagster_home(data_dir: Path) -> Path:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import dagster as dg
+import psycopg
 import pytest
 
 from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
-from orchestration.lib.launch import dagster_postgres_url
+from orchestration.lib.launch import dagster_postgres_url, ensure_schema, prepare_dagster_home
 
 
 @pytest.fixture(scope="module")
@@ -96,4 +97,18 @@ def test_rollup_vars_rebuild_closed_days_and_use_the_watermark_today() -> None:
 
 def test_dagster_postgres_url_keeps_the_socket_and_sets_the_schema() -> None:
     url = dagster_postgres_url("postgresql://postgres@/iot?host=%2Fwork%2F.data%2Fpg")
-    assert url == "postgresql://postgres@/iot?host=%2Fwork%2F.data%2Fpg&options=-csearch_path%3Ddagster"
+    assert url == "postgresql+psycopg2://postgres@/iot?host=%2Fwork%2F.data%2Fpg&options=-csearch_path%3Ddagster"
+
+
+def test_dagster_instance_on_postgres_stores_events(fresh_db, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance `make up` runs (orchestration/instance/dagster.yaml) on the platform's PostgreSQL:
+    an asset event goes through the event log storage (its NOTIFY included) and reads back."""
+    home = prepare_dagster_home(tmp_path)
+    ensure_schema(fresh_db.url)
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", dagster_postgres_url(fresh_db.url))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("storage_smoke"))
+        event = instance.get_latest_materialization_event(dg.AssetKey("storage_smoke"))
+        assert event is not None and event.asset_materialization is not None
+    with psycopg.connect(fresh_db.url) as conn:
+        assert conn.execute("select count(*) from dagster.event_logs").fetchone()[0] >= 1
