@@ -36,13 +36,13 @@ class DatabaseUnavailable(Exception):
 
 
 class _Job:
-    """One request's items, waiting for (or in) a group transaction."""
+    """One request's items, waiting for (or in) a group transaction. Only a waiting job can expire:
+    once taken into a group it has left `IngestService._waiting`, which the expiry sweep reads."""
 
-    __slots__ = ("future", "in_flight", "items", "queued_at")
+    __slots__ = ("future", "items", "queued_at")
 
     def __init__(self, items: list[PendingItem], loop: asyncio.AbstractEventLoop) -> None:
         self.items = items
-        self.in_flight = False
         self.future: asyncio.Future[list[ItemResult]] = loop.create_future()
         self.queued_at = loop.time()
 
@@ -56,7 +56,7 @@ class IngestService:
         # Requests waiting for a group, oldest first; the dispatcher sleeps on `_arrived` when empty.
         self._waiting: deque[_Job] = deque()
         self._arrived = asyncio.Event()
-        self._writers: list[asyncio.Task[None]] = []  # the dispatcher
+        self._writers: list[asyncio.Task[None]] = []  # the dispatcher and the expiry sweep
         self._commits: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max(1, settings.writers))
         self._catalog_lock = asyncio.Lock()
@@ -206,10 +206,7 @@ class IngestService:
         # Requests that arrived while every writer was busy join this group.
         self._drain(jobs, count)
         METRICS.queue_depth.set(len(self._waiting))
-        live = [job for job in jobs if not job.future.done()]
-        for job in live:
-            job.in_flight = True
-        return live
+        return [job for job in jobs if not job.future.done()]
 
     async def _dispatch_loop(self) -> None:
         while True:

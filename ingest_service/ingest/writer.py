@@ -79,17 +79,18 @@ class DeviceCache:
 LOST_FACT = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
 
 
+def _unseen_provisioned(outcome: object, cache: DeviceCache) -> bool:
+    """Telemetry for a provisioned id (>= 2^31) this process has not seen: the device must be looked
+    up first (legacy ids are created on first sight instead)."""
+    if type(outcome) is not Telemetry:
+        return False
+    return outcome.device_id > LEGACY_DEVICE_ID_MAX and outcome.device_id not in cache.touched
+
+
 def needs_transaction(items: list[PendingItem], cache: DeviceCache) -> bool:
     """Whether `write_batch` will send more than its one statement for these items: startups, and
     telemetry for provisioned ids this process has not seen yet, add statements."""
-    for item in items:
-        o = item.outcome
-        kind = type(o)
-        if kind is Startup:
-            return True
-        if kind is Telemetry and o.device_id > LEGACY_DEVICE_ID_MAX and o.device_id not in cache.touched:  # type: ignore[union-attr]
-            return True
-    return False
+    return any(type(item.outcome) is Startup or _unseen_provisioned(item.outcome, cache) for item in items)
 
 
 def _rejected(raw_id: int, rejection: Rejection) -> ItemResult:
@@ -175,16 +176,8 @@ async def write_batch(
     cache once the write has committed."""
     now = time.monotonic()
     outcomes = [item.outcome for item in items]
-    touched = cache.touched
 
-    # Telemetry for provisioned ids (>= 2^31) needs the device to exist; legacy ids are created lazily.
-    unknown_provisioned = sorted(
-        {
-            o.device_id
-            for o in outcomes
-            if type(o) is Telemetry and o.device_id > LEGACY_DEVICE_ID_MAX and o.device_id not in touched
-        }
-    )
+    unknown_provisioned = sorted({o.device_id for o in outcomes if _unseen_provisioned(o, cache)})  # type: ignore[union-attr]
     if unknown_provisioned:
         missing = set(unknown_provisioned) - set(await _column(conn, FIND_DEVICES, unknown_provisioned))
         for pos, o in enumerate(outcomes):
@@ -239,8 +232,7 @@ async def write_batch(
             fact_type.append(o.record_type_id)  # type: ignore[union-attr]
             fact_time.append(o.record_time)  # type: ignore[union-attr]
             fact_value.append(o.value)  # type: ignore[union-attr]
-            last = touched.get(device_id)
-            if last is None or now - last > DEVICE_TOUCH_INTERVAL_SECONDS:
+            if cache.needs_touch(device_id, now):
                 touch_set.add(device_id)
         elif kind is Rejection:
             error_pos.append(pos)
