@@ -7,6 +7,7 @@ process that started it exits, so the API, dbt, Dagster and the tests can share 
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,11 @@ def start_embedded(settings: Settings) -> DatabaseTarget:
 
     pgdata = embedded_data_dir(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    # Processes that start together (pytest-xdist workers, `make up`'s children) would otherwise
+    # race to initdb the same folder on a fresh machine, and all but one fail.
+    with open(pgdata.parent / "pg.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
     socket_dir = server.get_postmaster_info().socket_dir
     url = "postgresql://postgres@/" + settings.database_name + "?" + urlencode({"host": str(socket_dir)})
     return DatabaseTarget(url, embedded=True)
