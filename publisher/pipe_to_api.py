@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Pipe NDJSON from stdin to the ingest API in batches, with retries; never drops a line silently.
+"""Pipe NDJSON from stdin to the platform in batches (HTTP or MQTT), with retries; never drops a line silently.
 
 Exit status: 0 every line got an answer from the API (accepted or rejected), 1 some lines were
 undelivered (written to the dead letter), 2 bad usage, 130 interrupted. See docs/publisher.md.
@@ -48,7 +48,8 @@ def main(
     settings = parse_args(
         argv,
         prog="pipe_to_api",
-        description="Read NDJSON events from stdin and POST them to the ingest API in batches.",
+        description="Read NDJSON events from stdin and deliver them in batches: POST to the ingest API, "
+        "or publish over MQTT.",
         models=[PipeSettings],
     )[PipeSettings]
     _interrupt_on_sigterm()

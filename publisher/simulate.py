@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr
         name="simulate",
         on_result=learn_provisioned_ids(generator),
     )
-    pipe.console.log(f"{banner(fleet)}, {fleet.provisioned_devices} provisioned, to {delivery.url}")
+    pipe.console.log(f"{banner(fleet)}, {fleet.provisioned_devices} provisioned, to {delivery.destination}")
     _stop_generating_on_signal(stop)
     status = pipe.run()
     pipe.report(stdout)

@@ -24,11 +24,25 @@ def _http_url(value: str) -> str:
     return value
 
 
+def _mqtt_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"must be an mqtt:// or mqtts:// URL, got {value!r}")
+    return value
+
+
 class TransportChoice(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    # The seam for more transports (`transport.open_transport`); each adds its options group below.
-    transport: Literal["http"] = Field("http", description="how batches travel: http (POST to --url)")
+    # One options group per transport below; `transport.open_transport` picks the class.
+    transport: Literal["http", "mqtt"] = Field(
+        "http", description="how batches travel: http (POST to --url) or mqtt (publish to --mqtt-url, QoS 1)"
+    )
+    timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds per batch (request, or all its PUBACKs) before it counts as failed and is retried",
+    )
 
 
 class HttpOptions(BaseModel):
@@ -43,17 +57,27 @@ class HttpOptions(BaseModel):
         "(a batch holding a non-JSON line is sent as NDJSON)",
     )
     gzip: bool = Field(False, description="gzip request bodies (Content-Encoding: gzip)")
-    timeout: float = Field(30.0, gt=0, description="seconds per request before it counts as failed and is retried")
+
+
+class MqttOptions(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    mqtt_url: Annotated[str, AfterValidator(_mqtt_url)] = Field(
+        "mqtt://127.0.0.1:1883", description="MQTT broker, mqtt:// or mqtts:// (TLS); credentials as user:password@"
+    )
+    mqtt_topic_prefix: str = Field(
+        "", description="prepended to every topic (devices/{device_id}/telemetry, devices/{serial}/startup)"
+    )
 
 
 class BatchOptions(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    batch: int = Field(500, ge=1, description="events per request")
+    batch: int = Field(500, ge=1, description="lines per batch (one request over http)")
     linger_ms: float = Field(
         200.0, ge=0, description="send a partial batch once its first line has waited this long (0: at once)"
     )
-    concurrency: int = Field(1, ge=1, description="requests in flight; results are still accounted in input order")
+    concurrency: int = Field(1, ge=1, description="batches in flight; results are still accounted in input order")
 
 
 class RetryPolicy(BaseModel):
@@ -76,5 +100,10 @@ class OutputOptions(BaseModel):
     summary_json: bool = Field(False, description="print the final counts as one JSON line on stdout")
 
 
-class PipeConfig(OutputOptions, RetryPolicy, BatchOptions, HttpOptions, TransportChoice):
+class PipeConfig(OutputOptions, RetryPolicy, BatchOptions, MqttOptions, HttpOptions, TransportChoice):
     """All delivery options (fields in the order of the bases, last first, as `--help` lists them)."""
+
+    @property
+    def destination(self) -> str:
+        """Where batches go, for messages."""
+        return self.mqtt_url if self.transport == "mqtt" else self.url

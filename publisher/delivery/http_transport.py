@@ -95,10 +95,10 @@ def _snippet(response: httpx.Response) -> str:
 class HttpTransport:
     """One keep-alive `httpx.Client` (thread-safe) with a connection per batch in flight."""
 
-    def __init__(self, options: HttpOptions, connections: int = 1) -> None:
+    def __init__(self, options: HttpOptions, timeout: float, connections: int = 1) -> None:
         self.options = options
         self.client = httpx.Client(
-            timeout=options.timeout,
+            timeout=timeout,
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
 

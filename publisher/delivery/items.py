@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Statuses the platform answers per item (the API's result shape).
-ACCEPTED_STATUSES = ("ok", "duplicate", "provisioned")
+# Statuses that mean the line needs nothing more from us: the API stored it (ok, duplicate,
+# provisioned), or the MQTT broker acknowledged it with a PUBACK (published; the bridge stores it).
+# Any other status is a rejection, stored with its reason.
+ACCEPTED_STATUSES = ("ok", "duplicate", "provisioned", "published")
 INTERRUPTED = "interrupted"
 
 

@@ -1,9 +1,9 @@
 """The seam between batching and the wire: a transport sends one batch and answers per line.
 
-A transport knows its wire (HTTP today; an MQTT transport would publish each line to
-`devices/{device_id}/telemetry` or `devices/{serial}/startup`) and nothing of batching, retries or
-accounting. It returns one result per line, in order, or raises one of the failures below, which
-tell `retry.Sender` what to do with the batch.
+A transport knows its wire (`http_transport`: `POST /ingest`; `mqtt_transport`: one QoS 1 message
+per line on `devices/{device_id}/telemetry` or `devices/{serial}/startup`) and nothing of batching,
+retries or accounting. It returns one outcome per line, in order, or raises one of the failures
+below, which tell `retry.Sender` what to do with the batch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from publisher.delivery.config import PipeConfig
-from publisher.delivery.items import Line, Result
+from publisher.delivery.items import Line, Outcome
 
 
 class DeliveryFailure(Exception):
@@ -44,8 +44,9 @@ class TooLarge(DeliveryFailure):
 class Transport(Protocol):
     """Sends batches; safe to call from several threads at once (`--concurrency`)."""
 
-    def send(self, lines: list[Line]) -> list[Result]:
-        """One result per line, in order; raises a `DeliveryFailure` when there is none."""
+    def send(self, lines: list[Line]) -> list[Outcome]:
+        """One outcome per line, in order: the other side's result, or `Undelivered` for a line it
+        refused outright; raises a `DeliveryFailure` when the batch got no per-line answer."""
         ...
 
     def close(self) -> None: ...
@@ -56,5 +57,10 @@ def open_transport(config: PipeConfig) -> Transport:
     if config.transport == "http":
         from publisher.delivery.http_transport import HttpTransport
 
-        return HttpTransport(config, connections=config.concurrency)
+        return HttpTransport(config, config.timeout, connections=config.concurrency)
+    if config.transport == "mqtt":
+        from publisher.delivery.mqtt_transport import MqttTransport
+
+        # paho queues what it cannot send yet; bound it like the pipe's own queue.
+        return MqttTransport(config, config.timeout, max_queued=max(1000, config.batch * (config.concurrency + 1)))
     raise ValueError(f"unknown transport {config.transport!r}")
