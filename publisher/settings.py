@@ -110,7 +110,7 @@ def parse_args(argv: Sequence[str] | None, prog: str, description: str, models: 
         epilog="Each option's default comes from the environment variable shown (or the repo's .env), "
         "else the default shown; the command line wins.",
     )
-    sources = [CliSettingsSource(model, root_parser=parser) for model in models]
+    sources: list[CliSettingsSource[Any]] = [CliSettingsSource(model, root_parser=parser) for model in models]
     namespace = parser.parse_args(argv)
     values: dict[type[BaseSettings], BaseSettings] = {}
     for model, source in zip(models, sources, strict=True):

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from publisher.delivery.config import HttpOptions
-from publisher.delivery.items import Line, Result
+from publisher.delivery.items import Line, Outcome, Result
 from publisher.delivery.transport import Rejected, Retryable, TooLarge
 
 NDJSON = "application/x-ndjson"
@@ -102,7 +102,7 @@ class HttpTransport:
             limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
 
-    def send(self, lines: list[Line]) -> list[Result]:
+    def send(self, lines: list[Line]) -> list[Outcome]:
         body, headers = encode_body(lines, self.options.format, self.options.gzip)
         try:
             response = self.client.post(self.options.url, content=body, headers=headers)
@@ -116,7 +116,7 @@ class HttpTransport:
         if 200 <= status < 300 or status in (401, 422):
             results = results_from_response(response, len(lines))
             if results is not None:
-                return results
+                return list(results)
             # The answer does not account for every line: sending again is safe (replays add no
             # facts), giving up could lose lines.
             raise Retryable(f"http_{status}", f"HTTP {status} with a body that is not one result per line")

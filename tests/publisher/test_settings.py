@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,14 @@ def test_env_file(tmp_path: Path, from_env) -> None:
     assert from_env(GeneratorSettings, {}, env_file=path).secret == "abc"
     assert from_env(PipeSettings, {}, env_file=path).url == "http://x/ingest"
     assert from_env(PipeSettings, {}, env_file=tmp_path / "missing").url == "http://127.0.0.1:8000/ingest"
+
+
+def test_docs_tables_list_every_option_with_its_variable() -> None:
+    """docs/publisher.md's option tables name each option and its variable as the models declare them."""
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "publisher.md").read_text()
+    rows = set(re.findall(r"^\| `(--[a-z-]+)[^`]*`[^|]*\| `([A-Z_]+)` \|", docs, flags=re.MULTILINE))
+    for model in (GeneratorSettings, PipeSettings):
+        prefix = model.model_config["env_prefix"]
+        for name, field in model.model_fields.items():
+            if field.validation_alias is None:
+                assert ("--" + name.replace("_", "-"), prefix + name.upper()) in rows, name
