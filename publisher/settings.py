@@ -43,7 +43,8 @@ class SettingsError(ValueError):
 class GeneratorSettings(BaseSettings, FleetConfig):
     """The simulator's options (environment variables `GENERATOR_*`; the secret is `PROVISION_SECRET`)."""
 
-    model_config = SettingsConfigDict(**_COMMON, env_prefix="GENERATOR_")
+    # By its alias only: the secret is PROVISION_SECRET, never GENERATOR_SECRET.
+    model_config = SettingsConfigDict(**_COMMON, env_prefix="GENERATOR_", validate_by_name=False)
 
     rate: float = Field(5.0, ge=0, description="events per second; 0 = as fast as possible")
     count: int | None = Field(None, ge=0, description="stop after this many events; unset: unbounded")

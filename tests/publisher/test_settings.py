@@ -38,6 +38,7 @@ def test_environment_overrides_and_validation(from_env) -> None:
     env = {"GENERATOR_DEVICES": "12", "PROVISION_SECRET": "s", "PIPE_GZIP": "yes", "PIPE_FORMAT": "JSON"}
     assert from_env(GeneratorSettings, env).devices == 12
     assert from_env(GeneratorSettings, env).secret == "s"
+    assert from_env(GeneratorSettings, {"GENERATOR_SECRET": "x"}).secret == "dev-secret"  # PROVISION_SECRET only
     pipe = from_env(PipeSettings, env)
     assert pipe.gzip is True and pipe.format == "json"
     with pytest.raises(SettingsError, match="GENERATOR_MALFORMED_PROB"):
