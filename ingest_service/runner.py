@@ -114,15 +114,14 @@ def _generator_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    generator, pipe = publisher_pipeline(args.url, _generator_args(args), ["--batch", str(args.batch), "--progress"])
+    # One process that reads the API's answers, so provisioned devices report under their assigned id.
+    options = ["--url", args.url, *_generator_args(args), "--batch", str(args.batch), "--progress"]
+    simulator = subprocess.Popen([PYTHON, "-m", "publisher.simulate", *options], cwd=PROJECT_ROOT)
     try:
-        code = pipe.wait()
+        return simulator.wait()
     except KeyboardInterrupt:
-        code = 130
-    finally:
-        generator.terminate()
-        pipe.terminate()
-    return code
+        # The simulator got the Ctrl-C too: it stops generating and delivers what it has generated.
+        return simulator.wait()
 
 
 def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
