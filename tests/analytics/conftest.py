@@ -25,7 +25,7 @@ from ingest_service.core.database import DatabaseTarget, tool_environment
 from ingest_service.main import create_app
 from tests.utils.db import create_fresh_database, drop_database
 
-API_KEY = "analytics-test-key-0123456789"
+API_KEY = "analytics-test-key-0123456789abcdef"  # 32+ bytes: a key `serve` accepts
 DBT = PROJECT_ROOT / ".venv" / "bin" / "dbt"
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 NO_MANIFEST = PROJECT_ROOT / ".data" / "no-such-dir" / "manifest.json"
@@ -94,15 +94,23 @@ def make_events(now: float) -> list[dict]:
         ext(4, "platform_extension_mm", value, now - 50 * 60 + i * 60)
     for i, value in enumerate([-40, 40, -40]):
         ext(6, "platform_extension_mm", value, now - 30 * 60 + i * 60)
-    # Malformed items (stored as errors with a reason).
+    # Malformed items (stored as errors with a reason): enough reasons that the error-rate chart has
+    # more bars than its default height can label.
     events += [
         {},
         {"device_id": 1, "event_type": "platform_extension_ticks", "value": "high", "timestamp": now - 100},
         {"device_id": 2, "event_type": "platform_extension_mm", "value": 999, "timestamp": now - 100},
         {"device_id": 3, "event_type": "warp_drive", "value": 1, "timestamp": now - 100},
         {"device_id": 5, "event_type": "platform_extension_mm", "timestamp": now - 100},
+        {"device_id": 6, "event_type": "battery_charge", "value": 50, "timestamp": 86_400.0},
+        {"device_id": 6, "event_type": "battery_charge", "value": 50, "timestamp": now + 86_400},
+        {"device_id": 0, "event_type": "platform_height_mm", "value": 5, "timestamp": now - 100},
+        {"device_id": 2**31 + 5, "event_type": "platform_extension_mm", "value": 5, "timestamp": now - 100},
+        {"event_type": "device_startup", "serial": "not a serial!", "provision_token": "00", "timestamp": now},
+        {"event_type": "device_startup", "serial": "SN-000404", "provision_token": "00" * 32, "timestamp": now},
+        7,
     ]
-    assert all(math.isfinite(e.get("timestamp", 0)) for e in events)
+    assert all(math.isfinite(e.get("timestamp", 0)) for e in events if isinstance(e, dict))
     return events
 
 
