@@ -11,7 +11,7 @@ import string
 from dataclasses import dataclass
 from typing import LiteralString
 
-from psycopg import sql
+from psycopg.sql import SQL, Composed
 
 from ingest_service.analytics.catalog import Catalog
 
@@ -33,9 +33,9 @@ class Example:
         """The SQL as shown: the model names in place of the placeholders."""
         return self.template.format(**{model: model for model in self.reads})
 
-    def query(self, catalog: Catalog) -> sql.Composed:
+    def query(self, catalog: Catalog) -> Composed:
         """The SQL as run: the manifest's relations in place of the placeholders."""
-        return sql.SQL(self.template).format(**{model: catalog.relation(model) for model in self.reads})
+        return SQL(self.template).format(**{model: catalog.relation(model) for model in self.reads})
 
 
 EXAMPLES: tuple[Example, ...] = (

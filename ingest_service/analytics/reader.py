@@ -100,12 +100,12 @@ class AnalyticsReader:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def fetch(self, query: sql.Composable, params: Sequence[Any] = (), *, reads: str) -> list[dict[str, Any]]:
+    async def fetch(self, query: sql.Composed, params: Sequence[Any] = (), *, reads: str) -> list[dict[str, Any]]:
         """Run one read-only query; `reads` names the relation for error messages."""
         return (await self.fetch_with_columns(query, params, reads=reads))[1]
 
     async def fetch_with_columns(
-        self, query: sql.Composable, params: Sequence[Any] = (), *, reads: str
+        self, query: sql.Composed, params: Sequence[Any] = (), *, reads: str
     ) -> tuple[list[str], list[dict[str, Any]]]:
         """Column names (also when no row comes back) and rows of one read-only query."""
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from functools import lru_cache
+from types import GenericAlias
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
@@ -34,7 +35,8 @@ def row_model(metric: Metric) -> type[BaseModel]:
 
 @lru_cache(maxsize=256)
 def page_model(metric: Metric) -> type[MetricPageBase]:
-    return create_model(f"{_camel(metric.name)}Page", __base__=MetricPageBase, rows=(list[row_model(metric)], ...))
+    rows: Any = GenericAlias(list, row_model(metric))  # list[<row model>], a class made at run time
+    return create_model(f"{_camel(metric.name)}Page", __base__=MetricPageBase, rows=(rows, ...))
 
 
 def _camel(name: str) -> str:

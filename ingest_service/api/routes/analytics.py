@@ -187,7 +187,7 @@ async def rollout_format_share(
     (default: the last 48 h, at most 31 days) or per day (default: the last 90 days, at most 3 years)."""
     start, end = params.window()
     source, rows = await queries.rollout_series(reader, catalog, params.granularity, start, end)
-    return RolloutSeries(granularity=params.granularity, source=source, points=rows)
+    return RolloutSeries.model_validate({"granularity": params.granularity, "source": source, "points": rows})
 
 
 def _metric_endpoint(metric: Metric) -> Callable[..., Coroutine[Any, Any, dict[str, Any]]]:
