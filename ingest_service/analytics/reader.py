@@ -50,7 +50,8 @@ def not_built(settings: Settings, what: str) -> AnalyticsUnavailable:
     the first build is due (ANALYTICS_FIRST_BUILD_AT, which `make up` sets) or what builds it."""
     due = first_build_at(settings)
     if due is not None:
-        when = f"first build at {due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        at = f"{due.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        when = f"first build at {at}" if due > datetime.now(UTC) else f"first build due at {at} (it may still run)"
     else:
         when = "Dagster's analytics_hourly_schedule builds it, or `iot-platform dbt build` now"
     return AnalyticsUnavailable(
