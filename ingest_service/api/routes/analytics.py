@@ -11,6 +11,7 @@ routes are generated from the dbt manifest and swapped in place when dbt rewrite
 # model, a class made at run time, and FastAPI must see the class itself, not its name.
 
 from collections.abc import Callable, Coroutine
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request, Response
@@ -135,7 +136,7 @@ async def status(settings: SettingsDep, source: ManifestCatalogDep, reader: Read
             models=served,
             not_served=not_served,
         )
-    built_at = rows[0]["built_at"] if rows else None
+    built_at = rows[0]["built_at"].astimezone(UTC) if rows and rows[0]["built_at"] else None
     return AnalyticsStatus(
         built=built_at is not None,
         built_at=built_at,
