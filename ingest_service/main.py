@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
@@ -12,6 +15,7 @@ from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 from psycopg_pool import AsyncConnectionPool
 
+from ingest_service.analytics.catalog import ManifestCatalog
 from ingest_service.analytics.reader import (
     AnalyticsReader,
     AnalyticsUnavailable,
@@ -19,6 +23,7 @@ from ingest_service.analytics.reader import (
     analytics_url,
 )
 from ingest_service.api.main import ROUTERS
+from ingest_service.api.routes.analytics import install_metric_routes
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
 from ingest_service.core.config import Settings, get_settings
 from ingest_service.core.database import resolve_target
@@ -77,10 +82,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analytics = AnalyticsReader(settings, analytics_url(settings, target))
         await analytics.open()
         app.state.pool, app.state.service, app.state.analytics = pool, service, analytics
+        # The analytics model routes follow the dbt manifest: a build that rewrites it swaps them.
+        watcher = asyncio.create_task(catalog.watch(partial(install_metric_routes, app)))
         freeze_startup_objects()
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             await analytics.close()
             await service.stop()
             await pool.close()
@@ -94,6 +104,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     for router in ROUTERS:
         app.include_router(router)
+    # One route per dbt model with `meta.analytics` (none while dbt has not parsed the project yet).
+    catalog = ManifestCatalog(settings.dbt_manifest_path)
+    catalog.refresh()
+    install_metric_routes(app, catalog.catalog)
+    app.state.analytics_catalog = catalog
     app.add_exception_handler(AnalyticsUnavailable, analytics_error_response)  # type: ignore[arg-type]
     _add_event_schemas(app)
     return app

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import httpx
 
@@ -16,8 +17,12 @@ from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import embedded_data_dir, resolve_target, stop_embedded, tool_environment
 
 PYTHON = sys.executable
-FIRST_BUILD_AFTER_DELAY = (
-    "import subprocess, sys, time; time.sleep(float(sys.argv[1])); sys.exit(subprocess.call(sys.argv[2:]))"
+# `up` builds the analytics models once without waiting for the first scheduled run, at a time fixed
+# when it starts, so the API can say when ("not built yet, first build at ...").
+FIRST_BUILD_DELAY_SECONDS = 60.0
+FIRST_BUILD_AT = (
+    "import subprocess, sys, time; time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
+    "sys.exit(subprocess.call(sys.argv[2:]))"
 )
 
 
@@ -202,18 +207,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     try:
-        api = spawn("api", [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"])
+        first_build_at = time.time() + FIRST_BUILD_DELAY_SECONDS
+        due = {"ANALYTICS_FIRST_BUILD_AT": datetime.fromtimestamp(first_build_at, UTC).isoformat()}
+        serve = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"]
+        api = spawn("api", serve, due)
         wait_ready(api_url + "/readyz", process=api)
         extras = _extra_services(args, env, spawn)
-        # The analytics models should not wait for the first scheduled run: build them once the
-        # simulator has streamed for a minute.
         first_build = spawn(
             "dbt-first-build",
             [
                 PYTHON,
                 "-c",
-                FIRST_BUILD_AFTER_DELAY,
-                "60",
+                FIRST_BUILD_AT,
+                str(first_build_at),
                 PYTHON,
                 "-m",
                 "ingest_service.cli",
@@ -230,7 +236,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"                {target.url}\n"
             f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
             f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
-            f"  logs          {logs}/   (first dbt build of the analytics models: dbt-first-build.log)\n"
+            f"  logs          {logs}/   (first dbt build of the analytics models at "
+            f"{datetime.fromtimestamp(first_build_at, UTC):%H:%M:%S} UTC: dbt-first-build.log)\n"
             + "".join(line + "\n" for line in extras)
             + f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
             f"{args.new_firmware_share:.0%} on the new mm firmware\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Self
@@ -61,9 +62,13 @@ class Settings(BaseSettings):
     analytics_database_url: str | None = Field(default=None, repr=False)
     # Every analytics connection runs as this role (migration 0002's read-only group role), read-only.
     analytics_role: str = "iot_analyst"
-    analytics_schema: str = "analytics"
     analytics_pool_max_size: int = 4
     analytics_statement_timeout_seconds: float = 15.0
+    # The dbt manifest the analytics routes are generated from (marts with `meta.analytics`, their
+    # columns and relations), written by `dbt parse` / `dbt build`; re-read when it changes.
+    dbt_manifest_path: Path = PROJECT_ROOT / "dbt_project" / "target" / "manifest.json"
+    # When the first dbt build is due (`make up` sets it): "not built yet" answers say so.
+    analytics_first_build_at: datetime | None = None
 
     # JSON lines on stderr; INFO logs one access line per request.
     log_level: str = "WARNING"
