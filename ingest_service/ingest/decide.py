@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from ingest_service.core.config import Settings
 from ingest_service.ingest.body import BodyItem
@@ -167,22 +167,27 @@ def needs(checked: Checked, seen_devices: Container[int]) -> Needs:
 
 def decide(checked: Checked, known: Known, rules: Rules) -> Decision:
     """The group's plans, in input order."""
-    plans: list[Plan] = list(checked.outcomes)
+    outcomes = list(checked.outcomes)
     failed: dict[int, str] = {}
     if known.unknown_devices:
-        for pos, plan in enumerate(plans):
-            if type(plan) is Telemetry and plan.device_id in known.unknown_devices:
-                plans[pos] = Rejection(
-                    "invalid", "unknown_device", f"device {plan.device_id} was never provisioned", None, plan.device_id
+        for pos, outcome in enumerate(outcomes):
+            if type(outcome) is Telemetry and outcome.device_id in known.unknown_devices:
+                outcomes[pos] = Rejection(
+                    "invalid",
+                    "unknown_device",
+                    f"device {outcome.device_id} was never provisioned",
+                    None,
+                    outcome.device_id,
                 )
-    if checked.serials:
-        _limit_failed_startups(plans, checked.serials, known.failure_ages, rules, failed)
-        _place_startups(plans, checked.serials, known)
-    return Decision(plans, failed)
+    if not checked.serials:
+        # Every startup claims a serial: without one, no outcome is a Startup left to place.
+        return Decision(cast(list[Plan], outcomes), failed)
+    _limit_failed_startups(outcomes, checked.serials, known.failure_ages, rules, failed)
+    return Decision(_place_startups(outcomes, known), failed)
 
 
 def _limit_failed_startups(
-    plans: list[Plan],
+    outcomes: list[Telemetry | Startup | Rejection],
     serials: dict[int, str],
     failure_ages: dict[str, list[float]],
     rules: Rules,
@@ -194,15 +199,15 @@ def _limit_failed_startups(
         recent = ages.setdefault(serial, [])
         wait = lockout(recent, rules)
         if wait is not None:
-            plans[pos] = Rejection(
+            outcomes[pos] = Rejection(
                 "rate_limited",
                 "too_many_failed_startups",
                 f"too many failed startups for this serial; retry in {wait:.0f} s",
                 STARTUP,
             )
             continue
-        plan = plans[pos]
-        if type(plan) is Rejection and plan.reason in FAILURE_REASONS:
+        outcome = outcomes[pos]
+        if type(outcome) is Rejection and outcome.reason in FAILURE_REASONS:
             recent.insert(0, 0.0)
             failed[pos] = serial
 
@@ -217,40 +222,43 @@ def lockout(failure_ages: list[float], rules: Rules) -> float | None:
     return max(0.0, rules.failure_window - failure_ages[limit - 1])
 
 
-def _place_startups(plans: list[Plan], serials: dict[int, str], known: Known) -> None:
+def _place_startups(outcomes: list[Telemetry | Startup | Rejection], known: Known) -> list[Plan]:
     """Give each startup its device, in input order (a later startup sees what an earlier one took)."""
     device_of_serial = dict(known.device_of_serial)
     serial_of_device = dict(known.serial_of_device)
-    for pos in serials:
-        plan = plans[pos]
-        if type(plan) is not Startup:
+    plans: list[Plan] = []
+    for outcome in outcomes:
+        if not isinstance(outcome, Startup):
+            plans.append(outcome)
             continue
-        owner = device_of_serial.get(plan.serial)
-        device_id: int | None
-        if plan.device_id is not None:  # an upgraded legacy device keeps its id
-            device_id = plan.device_id
-            current = serial_of_device.get(device_id)
-            if owner is not None and owner != device_id:
-                plans[pos] = Rejection(
+        serial, device_id = outcome.serial, outcome.device_id
+        owner = device_of_serial.get(serial)
+        if device_id is None:
+            device_id = owner  # None: a new serial, given a new id when written
+        elif owner is not None and owner != device_id:  # an upgraded legacy device keeps its id...
+            plans.append(
+                Rejection(
                     "invalid",
                     "serial_conflict",
-                    f"serial {plan.serial} already belongs to device {owner}",
+                    f"serial {serial} already belongs to device {owner}",
                     STARTUP,
                     device_id,
                 )
-                continue
-            if current is not None and current != plan.serial:
-                plans[pos] = Rejection(
+            )
+            continue
+        elif serial_of_device.get(device_id) not in (None, serial):  # ...unless another serial has it
+            plans.append(
+                Rejection(
                     "invalid",
                     "device_conflict",
                     f"device {device_id} is provisioned with another serial",
                     STARTUP,
                     device_id,
                 )
-                continue
-        else:
-            device_id = owner  # None: a new serial, given a new id when written
-        plans[pos] = Provision(plan.serial, plan.started_at, plan.firmware, device_id, plan.device_id is not None)
+            )
+            continue
+        plans.append(Provision(serial, outcome.started_at, outcome.firmware, device_id, outcome.device_id is not None))
         if device_id is not None:
-            device_of_serial[plan.serial] = device_id
-            serial_of_device[device_id] = plan.serial
+            device_of_serial[serial] = device_id
+            serial_of_device[device_id] = serial
+    return plans
