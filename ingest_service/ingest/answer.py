@@ -52,7 +52,7 @@ class ItemResult:
         return out
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Answer:
     """The write path's answer to one request: a result per item, in input order."""
 

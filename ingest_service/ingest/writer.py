@@ -200,45 +200,44 @@ class Writer:
         """Decide and write one group; each request's answer in order. With `unstorable`, the last
         resort for a request the write path could not store: every item is kept as text, as an
         `internal_error`."""
-        answers: list[Answer | DeliveryKeyReused | None] = [None] * len(requests)
-        # A key sent twice within the group: the later request waits for the earlier one's answer.
+        answers: dict[int, Answer | DeliveryKeyReused] = {}
+        # A key carried twice within the group: the later copy is answered as the first one is.
         first_of_key: dict[tuple[str, str], int] = {}
-        repeats: dict[int, int] = {}
+        repeats: dict[int, int] = {}  # index of a later copy -> index of the first
         for index, request in enumerate(requests):
             key = _key_of(request.delivery)
             if key is not None:
-                repeats_of = first_of_key.setdefault(key, index)
-                if repeats_of != index:
-                    repeats[index] = repeats_of
+                first = first_of_key.setdefault(key, index)
+                if first != index:
+                    repeats[index] = first
+        pending = [index for index in range(len(requests)) if index not in repeats]
         records: dict[tuple[str, str], _Record] = {}
         for attempt in range(1, ATTEMPTS + 1):
-            todo = [i for i in range(len(requests)) if answers[i] is None and i not in repeats]
-            if attempt > 1:
-                records = await self._recorded(conn, [requests[i] for i in todo])
-                for i in todo:
-                    answers[i] = _answer_from_record(requests[i], records)
-                todo = [i for i in todo if answers[i] is None]
+            if attempt > 1:  # the database changed under the group: some of its keys may be recorded now
+                records = await self._recorded(conn, [requests[i] for i in pending])
+                for index in pending:
+                    recorded = _answer_from_record(requests[index], records)
+                    if recorded is not None:
+                        answers[index] = recorded
+                pending = [index for index in pending if index not in answers]
             try:
-                written = await self._store_group(conn, [requests[i] for i in todo], unstorable)
+                stored = await self._store_group(conn, [requests[i] for i in pending], unstorable)
             except psycopg.errors.IntegrityError as exc:
-                # A delivery key recorded meanwhile (looked up on the next attempt), or a device
-                # provisioned by a concurrent writer or unknown to a stale cache: nothing of the group
-                # was written; start over with what the database now holds.
+                # A delivery key recorded meanwhile, or a device provisioned by a concurrent writer
+                # or unknown to a stale cache: nothing of the group was written; start over with
+                # what the database now holds.
                 if attempt == ATTEMPTS:
                     raise
                 if exc.diag.constraint_name != DELIVERY_KEY_CONSTRAINT:
                     self.devices.clear()
                 continue
-            for i, written_answer in zip(todo, written, strict=True):
-                answers[i] = written_answer
+            answers.update(zip(pending, stored, strict=True))
             break
         for index, first in repeats.items():
             answers[index] = _answer_from_record(requests[index], records) or _repeat(
                 requests[index], requests[first], answers[first]
             )
-        done = [a for a in answers if a is not None]
-        assert len(done) == len(requests), "every request of the group has an answer"
-        return done
+        return [answers[index] for index in range(len(requests))]
 
     async def _store_group(self, conn: Connection, requests: list[Request], unstorable: bool) -> list[Answer]:
         if not requests:
@@ -491,9 +490,7 @@ def _answer_from_record(request: Request, records: dict[tuple[str, str], _Record
     return Answer(record.results, replayed=True)
 
 
-def _repeat(
-    request: Request, first: Request, first_answer: Answer | DeliveryKeyReused | None
-) -> Answer | DeliveryKeyReused:
+def _repeat(request: Request, first: Request, first_answer: Answer | DeliveryKeyReused) -> Answer | DeliveryKeyReused:
     """A request whose key an earlier request of its group carried: answered as that one was."""
     if first.fingerprint != request.fingerprint or not isinstance(first_answer, Answer):
         return DeliveryKeyReused(request.delivery.door, request.delivery.key or "")
