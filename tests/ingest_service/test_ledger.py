@@ -73,3 +73,18 @@ def test_write_path_statement_count_does_not_grow_with_batch_size(fresh_db: Data
     large = asyncio.run(_statements_for(fresh_db.url, mixed(2000, 100)))
     assert small == large
     assert large <= 8
+
+
+def test_migration_0005_runs_again_unchanged(db: psycopg.Connection) -> None:
+    """Additive and idempotent: its statements can run on a database that already has them."""
+    import importlib
+
+    m = importlib.import_module("ingest_service.migrations.versions.0005_startup_failures_and_delivery_keys")
+    for _ in range(2):
+        db.execute(m.TABLES)
+        db.execute(m.WRITE_KEYED_ITEMS)
+        db.execute(m.GRANTS)
+    tables = db.execute(
+        "select tablename from pg_tables where schemaname = 'ingest' and tablename in ('delivery', 'startup_failure')"
+    ).fetchall()
+    assert sorted(tables) == [("delivery",), ("startup_failure",)]

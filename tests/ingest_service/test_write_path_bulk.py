@@ -256,3 +256,36 @@ def test_autocommit_writers_store_a_concurrent_replay_once(fresh_db: DatabaseTar
     with psycopg.connect(fresh_db.url) as conn:
         assert conn.execute("select count(*) from ingest.processed_record").fetchone() == (200,)
         assert conn.execute("select count(*) from ingest.raw_duplicate").fetchone() == (200,)
+
+
+def test_request_the_database_refuses_is_kept_as_errors_apart_from_its_group(fresh_db: DatabaseTarget) -> None:
+    """The last resort: a request whose write the database refuses (here a constraint added for the
+    test) is written alone, each item kept as text with internal_error; the rest of its group is
+    stored as usual, and its delivery key answers a retry with those same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from ingest_service.main import create_app
+
+    with psycopg.connect(fresh_db.url, autocommit=True) as db:
+        db.execute("alter table ingest.processed_record add constraint refuse_seven check (value <> 7)")
+    base = time.time() - 20
+    refused = [telemetry(device_id=21, value=7, timestamp=base), telemetry(device_id=21, value=8, timestamp=base)]
+    fine = [[telemetry(device_id=22, value=v, timestamp=base)] for v in range(6)]
+    settings = make_settings(fresh_db, group_commit_window_ms=50.0)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(7) as pool:
+        bodies = [(refused, {"Idempotency-Key": "refused"})] + [(body, {}) for body in fine]
+        answers = list(pool.map(lambda b: client.post("/ingest", json=b[0], headers=b[1]), bodies))
+        retry = client.post("/ingest", json=refused, headers={"Idempotency-Key": "refused"})
+    assert [a.status_code for a in answers] == [200] * 7
+    assert [(r["status"], r["reason"]) for r in answers[0].json()] == [("error", "internal_error")] * 2
+    assert all(a.json()[0]["status"] == "ok" for a in answers[1:])
+    assert retry.json() == answers[0].json() and retry.headers["idempotent-replayed"] == "true"
+    with psycopg.connect(fresh_db.url) as db:
+        kept = db.execute(
+            "select r.payload, r.body_text from ingest.raw_record r join ingest.ingest_error e"
+            " on e.raw_record_id = r.id order by r.id"
+        ).fetchall()
+        assert [orjson.loads(text) for payload, text in kept if payload is None] == refused  # kept as text
+        assert db.execute("select count(*) from ingest.processed_record").fetchone() == (6,)
