@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -66,11 +65,11 @@ class IngestService:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
 
-    async def ingest(self, items: Sequence[BodyItem], delivery: Delivery) -> Answer:
+    async def ingest(self, items: list[BodyItem], delivery: Delivery) -> Answer:
         """Store a request's items; the answer comes once they are committed. Raises
         DatabaseUnavailable or DeliveryKeyReused, and then nothing of the request was stored."""
         await self.admission.admit(items)
-        request = Request(list(items), delivery, fingerprint(items) if delivery.key is not None else None)
+        request = Request(items, delivery, fingerprint(items) if delivery.key is not None else None)
         return await self.groups.submit(request, len(items))
 
     async def _commit(self, requests: list[Request]) -> list[Answer | Exception]:

@@ -303,71 +303,10 @@ class Writer:
     ) -> Written:
         """Write the group's plans: one statement, plus the startups' own when there are any (in
         the transaction `_store_group` opened for them)."""
-        now = time.monotonic()
-        # Facts and known errors, by 1-based position (the `with ordinality` of write_items).
-        fact_pos: list[int] = []
-        fact_device: list[int] = []
-        fact_type: list[int] = []
-        fact_time: list[float] = []
-        fact_value: list[float] = []
-        errors: list[Rejection] = []
-        error_pos: list[int] = []
-        provisions: dict[int, Provision] = {}
-        touch: set[int] = set()
-        needs_touch = self.devices.needs_touch
-        for pos, plan in enumerate(decision.plans):
-            if type(plan) is Telemetry:
-                fact_pos.append(pos + 1)
-                fact_device.append(plan.device_id)
-                fact_type.append(plan.record_type_id)
-                fact_time.append(plan.record_time)
-                fact_value.append(plan.value)
-                if needs_touch(plan.device_id, now):
-                    touch.add(plan.device_id)
-            elif type(plan) is Rejection:
-                error_pos.append(pos + 1)
-                errors.append(plan)
-            elif type(plan) is Provision:
-                provisions[pos] = plan
-
+        outcomes = _Outcomes.of(decision.plans, self.devices)
+        provisions = outcomes.provisions
         startup_devices = await self._provision(conn, provisions) if provisions else {}
-
-        request_ids: list[str] = []
-        batch_indexes: list[int] = []
-        content_types: list[str | None] = []
-        content_encodings: list[str | None] = []
-        remote_addrs: list[str | None] = []
-        for request in requests:
-            delivery, count = request.delivery, len(request.items)
-            request_ids += [delivery.request_id] * count
-            batch_indexes += range(count)
-            content_types += [delivery.content_type] * count
-            content_encodings += [delivery.content_encoding] * count
-            remote_addrs += [delivery.remote_addr] * count
-        params: list[object] = [
-            request_ids,
-            batch_indexes,
-            content_types,
-            content_encodings,
-            remote_addrs,
-            [item.payload for item in items],
-            [item.body_text for item in items],
-            [item.body_bytes for item in items],
-            fact_pos,
-            fact_device,
-            fact_type,
-            fact_time,
-            fact_value,
-            error_pos,
-            [e.reason for e in errors],
-            [e.detail for e in errors],
-            [e.event_type for e in errors],
-            [e.device_id for e in errors],
-            # Sorted, so concurrent writers lock device rows in the same order and cannot deadlock.
-            # Provisioned ids here exist already (decide rejected the others), so only legacy ids
-            # can be inserted.
-            sorted(touch),
-        ]
+        params = [*_ledger_columns(requests, items), *outcomes.columns()]
         keys = _delivery_keys(requests)
         if keys is None:
             cur = await conn.execute(WRITE_ITEMS, params)
@@ -376,14 +315,6 @@ class Writer:
         row = await cur.fetchone()
         assert row is not None
         raw_ids: list[int] = row[0]
-        written = Written(
-            raw_ids=raw_ids,
-            facts=dict(zip(row[1] or (), row[2] or (), strict=True)),
-            duplicates=dict(zip(row[3] or (), row[4] or (), strict=True)),
-            lost=set(row[5] or ()),
-            startup_devices=startup_devices,
-            touched=touch | set(startup_devices.values()),
-        )
         if provisions:
             positions = sorted(provisions)
             await conn.execute(
@@ -399,10 +330,16 @@ class Writer:
             )
         if decision.failed_serials:
             positions = sorted(decision.failed_serials)
-            await conn.execute(
-                INSERT_FAILURES, ([raw_ids[p] for p in positions], [decision.failed_serials[p] for p in positions])
-            )
-        return written
+            failed = ([raw_ids[p] for p in positions], [decision.failed_serials[p] for p in positions])
+            await conn.execute(INSERT_FAILURES, failed)
+        return Written(
+            raw_ids=raw_ids,
+            facts=dict(zip(row[1] or (), row[2] or (), strict=True)),
+            duplicates=dict(zip(row[3] or (), row[4] or (), strict=True)),
+            lost=set(row[5] or ()),
+            startup_devices=startup_devices,
+            touched=outcomes.touch | set(startup_devices.values()),
+        )
 
     @staticmethod
     async def _provision(conn: Connection, provisions: dict[int, Provision]) -> dict[int, int]:
@@ -451,6 +388,88 @@ class Writer:
         deliveries = await conn.execute(SWEEP_DELIVERIES, (self.delivery_key_window,))
         failures = await conn.execute(SWEEP_FAILURES, (self.rules.failure_window,))
         return deliveries.rowcount, failures.rowcount
+
+
+@dataclass(slots=True)
+class _Outcomes:
+    """The plans as write_items' outcome columns: facts and known errors by 1-based position (the
+    `with ordinality` of its ledger rows), and the startups, which have statements of their own."""
+
+    fact_pos: list[int] = field(default_factory=list)
+    fact_device: list[int] = field(default_factory=list)
+    fact_type: list[int] = field(default_factory=list)
+    fact_time: list[float] = field(default_factory=list)
+    fact_value: list[float] = field(default_factory=list)
+    error_pos: list[int] = field(default_factory=list)
+    errors: list[Rejection] = field(default_factory=list)
+    provisions: dict[int, Provision] = field(default_factory=dict)  # by 0-based position
+    touch: set[int] = field(default_factory=set)  # devices to create (legacy) or to mark as seen now
+
+    @classmethod
+    def of(cls, plans: list[Plan], devices: DeviceCache) -> _Outcomes:
+        out = cls()
+        now = time.monotonic()
+        needs_touch = devices.needs_touch
+        for pos, plan in enumerate(plans):
+            if type(plan) is Telemetry:
+                out.fact_pos.append(pos + 1)
+                out.fact_device.append(plan.device_id)
+                out.fact_type.append(plan.record_type_id)
+                out.fact_time.append(plan.record_time)
+                out.fact_value.append(plan.value)
+                if needs_touch(plan.device_id, now):
+                    out.touch.add(plan.device_id)
+            elif type(plan) is Rejection:
+                out.error_pos.append(pos + 1)
+                out.errors.append(plan)
+            elif type(plan) is Provision:
+                out.provisions[pos] = plan
+        return out
+
+    def columns(self) -> list[object]:
+        errors = self.errors
+        return [
+            self.fact_pos,
+            self.fact_device,
+            self.fact_type,
+            self.fact_time,
+            self.fact_value,
+            self.error_pos,
+            [e.reason for e in errors],
+            [e.detail for e in errors],
+            [e.event_type for e in errors],
+            [e.device_id for e in errors],
+            # Sorted, so concurrent writers lock device rows in the same order and cannot deadlock.
+            # Provisioned ids here exist already (decide rejected the others), so only legacy ids
+            # can be inserted.
+            sorted(self.touch),
+        ]
+
+
+def _ledger_columns(requests: list[Request], items: list[BodyItem]) -> list[object]:
+    """write_items' ledger columns: one row per item, with its request's delivery."""
+    request_ids: list[str] = []
+    batch_indexes: list[int] = []
+    content_types: list[str | None] = []
+    content_encodings: list[str | None] = []
+    remote_addrs: list[str | None] = []
+    for request in requests:
+        delivery, count = request.delivery, len(request.items)
+        request_ids += [delivery.request_id] * count
+        batch_indexes += range(count)
+        content_types += [delivery.content_type] * count
+        content_encodings += [delivery.content_encoding] * count
+        remote_addrs += [delivery.remote_addr] * count
+    return [
+        request_ids,
+        batch_indexes,
+        content_types,
+        content_encodings,
+        remote_addrs,
+        [item.payload for item in items],
+        [item.body_text for item in items],
+        [item.body_bytes for item in items],
+    ]
 
 
 def _key_of(delivery: Delivery) -> tuple[str, str] | None:
