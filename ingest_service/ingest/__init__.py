@@ -35,6 +35,8 @@ validation or SQL.
   `DELIVERY_KEY_WINDOW_SECONDS` (also while the first is still being written) returns the first
   one's results, `replayed=True`, and writes nothing: no second raw row, no second fact. A broker
   door gives every message a key that is stable across redeliveries (delivery.py).
+- `await service.recorded(door, key) -> Answer | None`: the stored results of a recorded key (what
+  a receipt resolves to), None while it is not stored.
 
 The stages of one request (docs/architecture.md): parse (body.py) -> admission (admission.py:
 the record-type catalog is fresh enough to judge it) -> group commit (groupcommit.py: concurrent

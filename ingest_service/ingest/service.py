@@ -72,6 +72,16 @@ class IngestService:
         request = Request(items, delivery, fingerprint(items) if delivery.key is not None else None)
         return await self.groups.submit(request, len(items))
 
+    async def recorded(self, door: str, key: str) -> Answer | None:
+        """The stored results of a delivery key (within its window), or None when the key is not
+        recorded: what a receipt resolves to once its request is stored. Raises DatabaseUnavailable."""
+        try:
+            async with self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn:
+                record = (await self.writer.recorded(conn, [(door, key)])).get((door, key))
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise DatabaseUnavailable(str(exc)) from exc
+        return None if record is None else Answer(record.results, replayed=True)
+
     async def _commit(self, requests: list[Request]) -> list[Answer | Exception]:
         """Write one group; each request's answer, or the exception its door gets."""
         started = time.perf_counter()

@@ -178,8 +178,8 @@ class Written:
 
 
 @dataclass(slots=True, frozen=True)
-class _Record:
-    """A delivery key recorded before: the fingerprint of its body and the results of its items."""
+class Record:
+    """A recorded delivery key: the fingerprint of its body and the stored results of its items."""
 
     fingerprint: bytes
     results: list[ItemResult]
@@ -211,10 +211,11 @@ class Writer:
                 if first != index:
                     repeats[index] = first
         pending = [index for index in range(len(requests)) if index not in repeats]
-        records: dict[tuple[str, str], _Record] = {}
+        records: dict[tuple[str, str], Record] = {}
         for attempt in range(1, ATTEMPTS + 1):
             if attempt > 1:  # the database changed under the group: some of its keys may be recorded now
-                records = await self._recorded(conn, [requests[i] for i in pending])
+                keys = [key for key in (_key_of(requests[i].delivery) for i in pending) if key is not None]
+                records = await self.recorded(conn, keys)
                 for index in pending:
                     recorded = _answer_from_record(requests[index], records)
                     if recorded is not None:
@@ -367,9 +368,9 @@ class Writer:
         )
         return device_of
 
-    async def _recorded(self, conn: Connection, requests: list[Request]) -> dict[tuple[str, str], _Record]:
-        """The delivery keys of these requests that are recorded, with their stored results."""
-        keys = [key for key in map(_key_of, (r.delivery for r in requests)) if key is not None]
+    async def recorded(self, conn: Connection, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Record]:
+        """Those of these (door, key) delivery keys that are recorded within the window, with the
+        fingerprint of their body and their stored results."""
         if not keys:
             return {}
         cur = await conn.execute(
@@ -381,7 +382,7 @@ class Writer:
         all_raw_ids = [raw_id for _, raw_ids in found.values() for raw_id in raw_ids]
         cur = await conn.execute(RECORDED_OUTCOMES, (all_raw_ids,))
         by_raw_id = answer.recorded(await cur.fetchall())
-        return {key: _Record(sha, [by_raw_id[raw_id] for raw_id in raw_ids]) for key, (sha, raw_ids) in found.items()}
+        return {key: Record(sha, [by_raw_id[raw_id] for raw_id in raw_ids]) for key, (sha, raw_ids) in found.items()}
 
     async def sweep(self, conn: Connection) -> tuple[int, int]:
         """Delete expired delivery keys and failed startups past the limiter's window; the counts."""
@@ -498,7 +499,7 @@ def _delivery_keys(requests: list[Request]) -> list[object] | None:
     return [doors, keys, fingerprints, firsts, counts] if keys else None
 
 
-def _answer_from_record(request: Request, records: dict[tuple[str, str], _Record]) -> Answer | DeliveryKeyReused | None:
+def _answer_from_record(request: Request, records: dict[tuple[str, str], Record]) -> Answer | DeliveryKeyReused | None:
     """A request whose key is recorded: its stored results, or refused for a different body."""
     key = _key_of(request.delivery)
     record = records.get(key) if key is not None else None

@@ -192,7 +192,8 @@ def test_sweep_deletes_expired_keys_and_old_failures(fresh_db: DatabaseTarget, d
 
 def test_keys_belong_to_their_door_and_repeat_within_a_group(fresh_db: DatabaseTarget, db: psycopg.Connection) -> None:
     """The write path's own API, as a broker door uses it: copies of a key within one group are
-    written once; the same key from another door is another delivery; another body is refused."""
+    written once; the same key from another door is another delivery; another body is refused;
+    a recorded key's results can be read back."""
 
     async def run() -> list[Any]:
         settings = make_settings(fresh_db, group_commit_window_ms=200.0)
@@ -212,10 +213,13 @@ def test_keys_belong_to_their_door_and_repeat_within_a_group(fresh_db: DatabaseT
                 service.ingest(items(body), Delivery("jetstream", "j1", key="msg-1")),  # another door's key
             ]
             answers = await asyncio.gather(*calls, return_exceptions=True)
+            # what a receipt resolves to: the stored results of a key, or None before it is stored
+            answers += [await service.recorded("mqtt", "msg-1"), await service.recorded("mqtt", "msg-2")]
             await service.stop()
             return answers
 
-    first, redelivered, refused, other_door = asyncio.run(run())
+    first, redelivered, refused, other_door, receipt, unknown = asyncio.run(run())
+    assert receipt.results == first.results and receipt.replayed and unknown is None
     assert not first.replayed and redelivered.replayed and not other_door.replayed
     assert redelivered.results == first.results
     assert isinstance(refused, DeliveryKeyReused) and (refused.door, refused.key) == ("mqtt", "msg-1")
