@@ -62,6 +62,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Stored: one result (single event) or a list of results in input order (batch)",
         "model": ItemResultModel | list[ItemResultModel],
+        "headers": {
+            "Idempotent-Replayed": {
+                "description": "`true`: a repeated Idempotency-Key, answered with the stored results",
+                "schema": {"type": "string", "enum": ["true"]},
+            }
+        },
     },
     400: {
         "description": "The gzip body is corrupt, or the Idempotency-Key is not 1-255 printable ASCII characters;"
