@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     startup_replay_window_seconds: float = 24 * 3600.0
     failed_startups_per_serial: int = 5
     failed_startup_window_seconds: float = 60.0
+    # A delivery key (HTTP Idempotency-Key, a broker message's identity) is honoured this long after
+    # its first delivery: a repeat within it returns the stored results and writes nothing.
+    delivery_key_window_seconds: float = 24 * 3600.0
 
     # Write path: writers share a pool; a group waits at most the window, counted from its first
     # request's arrival, for more requests to share its transaction (group commit).
