@@ -4,13 +4,15 @@ Nothing the bridge acknowledged is lost:
 - a persistent MQTT 5 session (clean start off, a fixed client id, a session expiry), so the broker
   keeps the subscriptions and queues messages while the bridge is away;
 - manual acknowledgements (paho-mqtt's `manual_ack`): a message is acknowledged only after its rows
-  are committed and its result was accepted by the broker, and acknowledgements go out in the
-  order the messages arrived (MQTT 5 section 4.6). A message taken but not acknowledged is
+  are committed (and its result is queued for the results topic), and acknowledgements go out in
+  the order the messages arrived (MQTT 5 section 4.6). A message taken but not acknowledged is
   redelivered to the session after a crash or a lost connection; the door answers a redelivery of a
   stored message from the ledger (door.py);
-- a bounded in-flight window: MQTT 5 Receive Maximum = MQTT_INFLIGHT, so the broker sends no more
-  unacknowledged messages than that. While PostgreSQL is down each taken message waits and retries,
-  the window stays full, and the broker holds everything else until the database is back.
+- a bounded in-flight window of MQTT_INFLIGHT messages taken and not yet acknowledged: the MQTT 5
+  Receive Maximum asks the broker for it, and the bridge stops reading its socket while the window
+  is full, so it holds even against a broker that overshoots. While PostgreSQL is down each taken
+  message waits and retries, the window stays full, and the broker holds everything else until the
+  database is back.
 
 paho-mqtt runs on the asyncio event loop through its socket callbacks (on_socket_open & co., the
 library's documented way to drive it from an external loop): one thread, no locks, and the write
@@ -26,6 +28,7 @@ import logging
 import signal
 import ssl
 import sys
+import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -56,10 +59,6 @@ class BridgeFailed(Exception):
     """The broker refused the bridge for a reason retrying does not fix (login, ACL)."""
 
 
-class ConnectionLost(Exception):
-    """The connection a result was published on broke before the broker acknowledged it."""
-
-
 @dataclass(eq=False, slots=True)
 class Delivery:
     message: mqtt.MQTTMessage
@@ -75,8 +74,9 @@ class Stats:
     refused: int = 0  # refused whole (too large, too many items): answered, nothing stored
     redelivered: int = 0  # arrived with the DUP flag: the broker had sent it before
     database_waits: int = 0  # attempts that found the database unavailable
-    in_flight: int = 0
-    max_in_flight: int = 0
+    results_refused: int = 0  # result publishes the broker refused
+    in_flight: int = 0  # messages being stored or answered
+    max_in_flight: int = 0  # most QoS 1 messages taken and not yet acknowledged at once
     connections: int = 0
 
 
@@ -140,12 +140,15 @@ class Bridge:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connection = 0  # bumped on every connect and disconnect
         self._order: deque[Delivery] = deque()  # QoS 1 deliveries of this connection, in arrival order
-        self._results: dict[int, asyncio.Future[ReasonCode]] = {}  # result publishes awaiting PUBACK, by mid
         self._tasks: set[asyncio.Task[None]] = set()
         self._lost = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._failure: BridgeFailed | None = None
         self._stopping = False
+        self.window = max(1, min(settings.mqtt_inflight, 65535))
+        self._sock: Any = None
+        self._paused = False
+        self._peeked = 0.0
 
     # ---------------------------------------------------------------------------------------- #
     # paho on the event loop
@@ -153,12 +156,41 @@ class Bridge:
 
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
+        self._sock, self._paused = sock, False
         self._loop.add_reader(sock, client.loop_read)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
+        self._sock, self._paused = None, False
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
+
+    def _pause_if_full(self) -> None:
+        """Stop reading the socket while the window is full: TCP backpressure makes the broker hold
+        every further message. A broker that honours the Receive Maximum sends none anyway;
+        Mosquitto before 2.0.13 overshoots it while acknowledgements flow (its quota bug #2306)."""
+        if not self._paused and self._sock is not None and len(self._order) >= self.window:
+            assert self._loop is not None
+            self._loop.remove_reader(self._sock)
+            self._paused, self._peeked = True, time.monotonic()
+
+    def _resume_if_room(self) -> None:
+        if self._paused and self._sock is not None and len(self._order) < self.window:
+            assert self._loop is not None
+            self._loop.add_reader(self._sock, self.client.loop_read)
+            self._paused = False
+
+    async def _misc_loop(self) -> None:
+        """Keepalive pings and their timeout: paho's periodic work when it does not own the loop.
+        While reading is paused, one read now and then takes in the broker's PINGRESP, so a long
+        database outage does not cost the connection."""
+        peek_every = max(1.0, self.settings.mqtt_keepalive_seconds / 3)
+        while True:
+            if self._paused and time.monotonic() - self._peeked >= peek_every:
+                self._peeked = time.monotonic()
+                self.client.loop_read()
+            self.client.loop_misc()
+            await asyncio.sleep(1.0)
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
@@ -168,12 +200,6 @@ class Bridge:
         assert self._loop is not None
         self._loop.remove_writer(sock)
 
-    async def _misc_loop(self) -> None:
-        """Keepalive pings and their timeout: paho's periodic work when it does not own the loop."""
-        while True:
-            self.client.loop_misc()
-            await asyncio.sleep(1.0)
-
     # ---------------------------------------------------------------------------------------- #
     # connection
     # ---------------------------------------------------------------------------------------- #
@@ -181,7 +207,7 @@ class Bridge:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.mqtt_session_expiry_seconds
-        props.ReceiveMaximum = max(1, min(self.settings.mqtt_inflight, 65535))
+        props.ReceiveMaximum = self.window
         return props
 
     def _on_connect(
@@ -235,10 +261,6 @@ class Bridge:
         # those it has stored from the ledger.
         self._connection += 1
         self._order.clear()
-        for future in self._results.values():
-            if not future.done():
-                future.set_exception(ConnectionLost())
-        self._results.clear()
         self._subscribed.clear()
         if not self._stopping:
             log.warning("disconnected from the broker: %s", reason, extra={"fields": {"broker": str(self.broker)}})
@@ -291,14 +313,16 @@ class Bridge:
         task = self._loop.create_task(self._process(delivery))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        stats.max_in_flight = max(stats.max_in_flight, len(self._tasks))
+        # Taken and not yet acknowledged: bounded by the Receive Maximum the broker honours.
+        stats.max_in_flight = max(stats.max_in_flight, len(self._order))
+        self._pause_if_full()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, props: Properties
     ) -> None:
-        future = self._results.pop(mid, None)
-        if future is not None and not future.done():
-            future.set_result(reason)
+        if reason.is_failure:  # stored all the same: the device misses this answer (e.g. the ACL)
+            self.stats.results_refused += 1
+            log.error("the broker refused a result: %s", reason)
 
     async def _process(self, delivery: Delivery) -> None:
         message = delivery.message
@@ -318,17 +342,10 @@ class Bridge:
         result_props.ContentType = "application/json"
         if correlation is not None:
             result_props.CorrelationData = correlation
-        info = self.client.publish(self.topics.results(route), reply.payload, qos=1, properties=result_props)
-        assert self._loop is not None
-        future = self._results[info.mid] = self._loop.create_future()
-        try:
-            reason = await future
-        except ConnectionLost:
-            return
-        if reason.is_failure:  # stored all the same: the device just misses this answer
-            log.error(
-                "the broker refused a result: %s", reason, extra={"fields": {"topic": self.topics.results(route)}}
-            )
+        # Queued before the acknowledgement, not waited for: the rows are what the acknowledgement
+        # promises. A result lost with the bridge (a crash before the broker took it) is not lost for
+        # good: the device publishes the message again and gets the stored results (a replay).
+        self.client.publish(self.topics.results(route), reply.payload, qos=1, properties=result_props)
         self._finish(delivery)
 
     async def _store(
@@ -367,6 +384,7 @@ class Bridge:
             head = order.popleft()
             if head.connection == self._connection:
                 self.client.ack(head.message.mid, head.message.qos)
+        self._resume_if_room()
 
     # ---------------------------------------------------------------------------------------- #
     # run
