@@ -8,11 +8,11 @@ Nothing the bridge acknowledged is lost:
   the order the messages arrived (MQTT 5 section 4.6). A message taken but not acknowledged is
   redelivered to the session after a crash or a lost connection; the door answers a redelivery of a
   stored message from the ledger (door.py);
-- a bounded in-flight window of MQTT_INFLIGHT messages taken and not yet acknowledged: the MQTT 5
+- a bounded in-flight window of MQTT_INFLIGHT messages taken and not acknowledged: the MQTT 5
   Receive Maximum asks the broker for it, and the bridge stops reading its socket while the window
-  is full, so it holds even against a broker that overshoots. While PostgreSQL is down each taken
-  message waits and retries, the window stays full, and the broker holds everything else until the
-  database is back.
+  is full (`_read`), so it holds even against a broker that overshoots. While PostgreSQL is down
+  each taken message waits and retries, no acknowledgement goes out, and the broker holds everything
+  else until the database is back.
 
 paho-mqtt runs on the asyncio event loop through its socket callbacks (on_socket_open & co., the
 library's documented way to drive it from an external loop): one thread, no locks, and the write
@@ -31,7 +31,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
@@ -42,7 +42,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ingest_service.core.config import Settings
-from ingest_service.mqtt.door import DatabaseUnavailable, MqttDoor, Reply, open_door
+from ingest_service.mqtt.door import DatabaseUnavailable, Reply, open_door
 from ingest_service.mqtt.topics import Route, Topics
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,18 @@ log = logging.getLogger(__name__)
 RETRY_MIN_SECONDS, RETRY_MAX_SECONDS = 0.2, 5.0  # a message waiting for the database
 RECONNECT_MIN_SECONDS, RECONNECT_MAX_SECONDS = 0.5, 30.0
 STATS_INTERVAL_SECONDS = 10.0
+READ_BURST = 64  # packets read per socket-readable callback before other tasks get the loop
 DRAIN_SECONDS = 30.0  # on SIGTERM: how long taken messages may take to finish before the bridge leaves
 # CONNACK / SUBACK reason codes that no retry will fix: bad login, not authorised, banned.
 FATAL_REASONS = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
+
+
+class Door(Protocol):
+    """What the bridge needs of the write path (door.MqttDoor; the benchmark's no-op door)."""
+
+    async def handle(
+        self, route: Route, topic: str, payload: bytes, content_type: str | None, correlation_data: bytes | None
+    ) -> Reply: ...
 
 
 class BridgeFailed(Exception):
@@ -110,7 +119,7 @@ class BrokerAddress:
 
 
 class Bridge:
-    def __init__(self, settings: Settings, door: MqttDoor) -> None:
+    def __init__(self, settings: Settings, door: Door) -> None:
         assert settings.mqtt_url, "MQTT_URL is not set"
         self.settings = settings
         self.door = door
@@ -141,14 +150,16 @@ class Bridge:
         self._connection = 0  # bumped on every connect and disconnect
         self._order: deque[Delivery] = deque()  # QoS 1 deliveries of this connection, in arrival order
         self._tasks: set[asyncio.Task[None]] = set()
+        self._results_out: set[int] = set()  # result publishes the broker has not acknowledged yet
         self._lost = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._failure: BridgeFailed | None = None
         self._stopping = False
         self.window = max(1, min(settings.mqtt_inflight, 65535))
+        self._database_down = False
         self._sock: Any = None
         self._paused = False
-        self._peeked = 0.0
+        self._paused_at = 0.0
 
     # ---------------------------------------------------------------------------------------- #
     # paho on the event loop
@@ -157,7 +168,7 @@ class Bridge:
     def _on_socket_open(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
         self._sock, self._paused = sock, False
-        self._loop.add_reader(sock, client.loop_read)
+        self._loop.add_reader(sock, self._read)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
@@ -165,32 +176,39 @@ class Bridge:
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 
-    def _pause_if_full(self) -> None:
-        """Stop reading the socket while the window is full: TCP backpressure makes the broker hold
-        every further message. A broker that honours the Receive Maximum sends none anyway;
-        Mosquitto before 2.0.13 overshoots it while acknowledgements flow (its quota bug #2306)."""
-        if not self._paused and self._sock is not None and len(self._order) >= self.window:
+    def _read(self, packets: int = READ_BURST) -> None:
+        """Read what the broker sent, one packet at a time, and stop reading while the window is
+        full: TCP backpressure then makes the broker hold every further message, even a broker that
+        overshoots the Receive Maximum (Mosquitto before 2.0.13, whose send quota goes wrong while
+        acknowledgements flow and on a resumed backlog). paho's own loop_read cannot stop there: it
+        reads as many packets as it has messages in flight, thousands of queued results under a
+        backlog. Its one-packet read and error handling are paho internals, pinned in pyproject.toml;
+        the window tests catch a change."""
+        client = self.client
+        for _ in range(packets):
+            if len(self._order) >= self.window:
+                self._pause()
+                return
+            if self._sock is None:
+                return
+            rc = client._packet_read()
+            if rc == mqtt.MQTT_ERR_AGAIN:
+                return
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                client._loop_rc_handle(rc)
+                return
+
+    def _pause(self) -> None:
+        if not self._paused and self._sock is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._sock)
-            self._paused, self._peeked = True, time.monotonic()
+            self._paused, self._paused_at = True, time.monotonic()
 
-    def _resume_if_room(self) -> None:
+    def _resume(self) -> None:
         if self._paused and self._sock is not None and len(self._order) < self.window:
             assert self._loop is not None
-            self._loop.add_reader(self._sock, self.client.loop_read)
+            self._loop.add_reader(self._sock, self._read)
             self._paused = False
-
-    async def _misc_loop(self) -> None:
-        """Keepalive pings and their timeout: paho's periodic work when it does not own the loop.
-        While reading is paused, one read now and then takes in the broker's PINGRESP, so a long
-        database outage does not cost the connection."""
-        peek_every = max(1.0, self.settings.mqtt_keepalive_seconds / 3)
-        while True:
-            if self._paused and time.monotonic() - self._peeked >= peek_every:
-                self._peeked = time.monotonic()
-                self.client.loop_read()
-            self.client.loop_misc()
-            await asyncio.sleep(1.0)
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
@@ -199,6 +217,20 @@ class Bridge:
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: object, sock: Any) -> None:
         assert self._loop is not None
         self._loop.remove_writer(sock)
+
+    async def _misc_loop(self) -> None:
+        """Keepalive pings and their timeout: paho's periodic work when it does not own the loop.
+        While reading is paused (the window full: the database slow or down), one packet is read now
+        and then, so the broker's PINGRESP comes in and a long outage does not cost the connection."""
+        peek_every = max(1.0, self.settings.mqtt_keepalive_seconds / 3)
+        last_peek = 0.0
+        while True:
+            now = time.monotonic()
+            if self._paused and now - self._paused_at >= peek_every and now - last_peek >= peek_every:
+                last_peek = now
+                self._read(packets=1)
+            self.client.loop_misc()
+            await asyncio.sleep(1.0)
 
     # ---------------------------------------------------------------------------------------- #
     # connection
@@ -315,11 +347,11 @@ class Bridge:
         task.add_done_callback(self._tasks.discard)
         # Taken and not yet acknowledged: bounded by the Receive Maximum the broker honours.
         stats.max_in_flight = max(stats.max_in_flight, len(self._order))
-        self._pause_if_full()
 
     def _on_publish(
         self, client: mqtt.Client, userdata: object, mid: int, reason: ReasonCode, props: Properties
     ) -> None:
+        self._results_out.discard(mid)
         if reason.is_failure:  # stored all the same: the device misses this answer (e.g. the ACL)
             self.stats.results_refused += 1
             log.error("the broker refused a result: %s", reason)
@@ -345,7 +377,8 @@ class Bridge:
         # Queued before the acknowledgement, not waited for: the rows are what the acknowledgement
         # promises. A result lost with the bridge (a crash before the broker took it) is not lost for
         # good: the device publishes the message again and gets the stored results (a replay).
-        self.client.publish(self.topics.results(route), reply.payload, qos=1, properties=result_props)
+        info = self.client.publish(self.topics.results(route), reply.payload, qos=1, properties=result_props)
+        self._results_out.add(info.mid)
         self._finish(delivery)
 
     async def _store(
@@ -359,13 +392,21 @@ class Bridge:
                 reply = await self.door.handle(route, topic, payload, content_type, correlation)
             except DatabaseUnavailable as exc:
                 self.stats.database_waits += 1
-                if delay == RETRY_MIN_SECONDS:
-                    log.warning("database unavailable, holding the message: %s", str(exc)[:200])
+                if not self._database_down:
+                    self._database_down = True
+                    self.stats.in_flight = len(self._tasks)
+                    fields = {**asdict(self.stats), "error": str(exc)[:200]}
+                    log.warning(
+                        "database unavailable: holding the messages taken, taking no more", extra={"fields": fields}
+                    )
             except Exception:
                 # A bug, never bad input (the write path stores that as errors): keep the message
                 # unacknowledged rather than lose it, and say so loudly.
                 log.exception("storing a message failed; retrying", extra={"fields": {"topic": topic[:200]}})
             else:
+                if self._database_down:
+                    self._database_down = False
+                    log.warning("database available again", extra={"fields": asdict(self.stats)})
                 if reply.replayed:
                     self.stats.replayed += 1
                 elif reply.stored:
@@ -384,7 +425,7 @@ class Bridge:
             head = order.popleft()
             if head.connection == self._connection:
                 self.client.ack(head.message.mid, head.message.qos)
-        self._resume_if_room()
+        self._resume()
 
     # ---------------------------------------------------------------------------------------- #
     # run
@@ -434,6 +475,11 @@ class Bridge:
             _, pending = await asyncio.wait(set(self._tasks), timeout=DRAIN_SECONDS)
             for task in pending:  # still waiting for the database: unacknowledged, so redelivered later
                 task.cancel()
+        # Results queued in paho (it keeps at most the broker's Receive Maximum unacknowledged) go out
+        # before the DISCONNECT, which would drop them.
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self._results_out and self.client.is_connected() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         if self.client.is_connected():
             self._lost.clear()
             self.client.disconnect()

@@ -44,17 +44,17 @@ REQUEST_ID_PREFIX = "mqtt:"
 TOPIC_MISMATCH = "topic_mismatch"
 STARTUP = "device_startup"
 
-# The stored results of one message, rebuilt from its ledger rows and their outcomes. The partial
-# index of migration 0004_mqtt serves the lookup; the repeated `like` lets the planner use it.
+# The stored results of messages, rebuilt from their ledger rows and outcomes. The partial index of
+# migration 0004_mqtt serves the lookup; the repeated `like` lets the planner use it.
 STORED_RESULTS = """
-select r.id, p.id, d.processed_record_id, s.device_id, e.reason, e.detail, e.device_id
+select r.request_id, r.id, p.id, d.processed_record_id, s.device_id, e.reason, e.detail, e.device_id
 from ingest.raw_record r
 left join ingest.processed_record p on p.raw_record_id = r.id
 left join ingest.raw_duplicate d on d.raw_record_id = r.id
 left join ingest.device_startup s on s.raw_record_id = r.id
 left join ingest.ingest_error e on e.raw_record_id = r.id
-where r.request_id = %s and r.request_id like 'mqtt:%%'
-order by r.batch_index
+where r.request_id = any(%b::text[]) and r.request_id like 'mqtt:%%'
+order by r.request_id, r.batch_index
 """
 # An ingest_error row keeps the reason, not the status the answer gave; every reason not listed is
 # `invalid` (validation.py, ratelimit.py, service._store_as_errors). Goes away with delivery keys,
@@ -140,7 +140,7 @@ def _refused(reason: str, detail: str) -> Reply:
 
 
 def _stored_result(row: tuple) -> ItemResult:
-    raw_id, fact_id, duplicate_of, startup_device, reason, detail, error_device = row
+    raw_id, fact_id, duplicate_of, startup_device, reason, detail, error_device = row[1:]
     if fact_id is not None:
         return ItemResult(raw_id, "ok", processed_id=fact_id)
     if duplicate_of is not None:
@@ -148,6 +148,49 @@ def _stored_result(row: tuple) -> ItemResult:
     if startup_device is not None:
         return ItemResult(raw_id, "provisioned", device_id=startup_device)
     return ItemResult(raw_id, ERROR_STATUS.get(reason, "invalid"), reason=reason, detail=detail, device_id=error_device)
+
+
+class StoredResults:
+    """Looks message keys up in the ledger; the keys asked for in one event-loop turn (the messages
+    of one read from the broker) share one query."""
+
+    def __init__(self, pool: AsyncConnectionPool, timeout: float) -> None:
+        self.pool = pool
+        self.timeout = timeout
+        self._asked: dict[str, list[asyncio.Future[list[ItemResult]]]] = {}
+
+    async def results(self, request_id: str) -> list[ItemResult]:
+        """The stored results of the message with this request id, or [] when it is not stored."""
+        loop = asyncio.get_running_loop()
+        if not self._asked:
+            loop.call_soon(self._flush)
+        future: asyncio.Future[list[ItemResult]] = loop.create_future()
+        self._asked.setdefault(request_id, []).append(future)
+        return await future
+
+    def _flush(self) -> None:
+        asked, self._asked = self._asked, {}
+        asyncio.ensure_future(self._query(asked))
+
+    async def _query(self, asked: dict[str, list[asyncio.Future[list[ItemResult]]]]) -> None:
+        try:
+            async with self.pool.connection(timeout=self.timeout) as conn:
+                cur = await conn.execute(STORED_RESULTS, (list(asked),))
+                rows = await cur.fetchall()
+        except Exception as exc:  # every waiter gets an answer, never a hang
+            failure = DatabaseUnavailable(str(exc)) if isinstance(exc, psycopg.OperationalError | PoolTimeout) else exc
+            for futures in asked.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(failure)
+            return
+        found: dict[str, list[ItemResult]] = {}
+        for row in rows:
+            found.setdefault(row[0], []).append(_stored_result(row))
+        for request_id, futures in asked.items():
+            for future in futures:
+                if not future.done():
+                    future.set_result(found.get(request_id, []))
 
 
 class MqttDoor:
@@ -158,6 +201,7 @@ class MqttDoor:
         # Keys being handled in this process: a second delivery of the same message waits for the
         # first instead of racing it to the ledger.
         self._in_flight: dict[str, asyncio.Event] = {}
+        self._lookup = StoredResults(pool, settings.request_timeout_seconds)
 
     async def handle(
         self, route: Route, topic: str, payload: bytes, content_type: str | None, correlation_data: bytes | None
@@ -197,7 +241,7 @@ class MqttDoor:
             return _refused(exc.reason, exc.detail)
         check_topic(route, items)
         request_id = REQUEST_ID_PREFIX + key
-        stored = await self._stored_results(request_id)
+        stored = await self._lookup.results(request_id)
         if stored:
             return Reply(_answer(is_batch, stored), stored=True, replayed=True)
         meta = RequestMeta(
@@ -208,15 +252,6 @@ class MqttDoor:
         )
         results = await self.service.ingest(items, meta)
         return Reply(_answer(is_batch, results), stored=True)
-
-    async def _stored_results(self, request_id: str) -> list[ItemResult]:
-        try:
-            async with self.pool.connection(timeout=self.settings.request_timeout_seconds) as conn:
-                cur = await conn.execute(STORED_RESULTS, (request_id,))
-                rows = await cur.fetchall()
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise DatabaseUnavailable(str(exc)) from exc
-        return [_stored_result(row) for row in rows]
 
 
 @asynccontextmanager

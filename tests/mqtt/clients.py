@@ -68,11 +68,12 @@ class BridgeProcess:
     def _count(self, message: str) -> int:
         return sum(1 for line in self._lines() if line.get("message") == message)
 
-    def start(self, timeout: float = 60) -> BridgeProcess:
+    def start(self, timeout: float = 60, migrate: bool = False) -> BridgeProcess:
         subscribed_before = self._count("subscribed")
+        command = [PYTHON, "-m", "ingest_service.cli", "mqtt"] + ([] if migrate else ["--no-migrate"])
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [PYTHON, "-m", "ingest_service.cli", "mqtt", "--no-migrate"],
+                command,
                 cwd=PROJECT_ROOT,
                 env=self.env(),
                 stdout=log,
@@ -99,6 +100,9 @@ class BridgeProcess:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+
+    def lines(self, message: str) -> list[dict[str, Any]]:
+        return [line for line in self._lines() if line.get("message") == message]
 
     def stats(self) -> dict[str, Any]:
         """The last statistics line the bridge logged (every 10 s, and when it stops)."""

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.mqtt.broker import OwnedMosquitto
+from bench.mosquitto import OwnedMosquitto
 
 SYSTEM_BROKER = os.environ.get("MQTT_TEST_URL", "mqtt://127.0.0.1:1883")
 
@@ -54,3 +54,17 @@ def owned_broker(broker_root: Path, prefix: str) -> Iterator[OwnedMosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="module")
+def owned_pg():
+    """A PostgreSQL this module owns and may stop (tests/reliability/procs.py): never the suite's."""
+    from tests.reliability.procs import OwnedPostgres
+
+    root = Path(tempfile.mkdtemp(prefix=f"iotmf-{os.getpid()}-", dir="/tmp"))
+    server = OwnedPostgres(root)
+    try:
+        server.start_first()
+        yield server
+    finally:
+        server.destroy()

@@ -1,5 +1,5 @@
-"""A Mosquitto the test owns: deploy/mosquitto/mosquitto.conf (and its acl) with the test's own
-port, folders, topic prefix and logins, so the tests check the configuration that ships."""
+"""A Mosquitto of our own for the MQTT tests and benchmark: deploy/mosquitto/mosquitto.conf (and its
+acl) with its own port, folders, topic prefix and logins, so both run the configuration that ships."""
 
 from __future__ import annotations
 
@@ -10,10 +10,15 @@ import time
 from pathlib import Path
 
 from ingest_service.core.config import PROJECT_ROOT
-from tests.reliability.procs import free_port
 
 DEPLOY = PROJECT_ROOT / "deploy" / "mosquitto"
 BRIDGE_USER = "iot-bridge"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
