@@ -15,9 +15,9 @@ import orjson
 import psycopg
 import pytest
 
+from bench.mosquitto import OwnedMosquitto
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.mqtt.door import message_key
-from bench.mosquitto import OwnedMosquitto
 from tests.mqtt.clients import BridgeProcess, MqttClient, wait_stable
 from tests.reliability.ledger import _content, assert_one_outcome_per_raw_row
 from tests.reliability.procs import OwnedPostgres, wait_for

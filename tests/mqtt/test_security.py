@@ -13,8 +13,8 @@ import orjson
 import psycopg
 import pytest
 
-from ingest_service.core.database import DatabaseTarget
 from bench.mosquitto import BRIDGE_USER, OwnedMosquitto
+from ingest_service.core.database import DatabaseTarget
 from tests.mqtt.clients import BridgeProcess, MqttClient
 from tests.reliability.procs import SECRET
 from tests.utils.events import startup, telemetry
