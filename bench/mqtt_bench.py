@@ -1,7 +1,7 @@
 """MQTT door benchmark: the bridge's throughput side by side with the broker's own ceiling, one run.
 
     make bench-mqtt                              # = python -m bench.mqtt_bench
-    python -m bench.mqtt_bench --messages 20000 --repeat 1
+    python -m bench.mqtt_bench --messages 5000 --repeat 1      # a quick look
 
 It starts its own PostgreSQL (pgserver under .data/bench-pg, as `make bench`, or --server-url) and its
 own Mosquitto (deploy/mosquitto/mosquitto.conf on a free port, anonymous), then per repetition and
@@ -155,45 +155,47 @@ def measure(
     # 2. the backlog, published while it is away
     publish_seconds = publish_backlog(consumer.broker, files)
     before = raw_rows(target) if consumer.kind == "bridge" else 0
-    # 3. back: time the drain
+    # 3. back: time the drain; CPU from its first message on (start-up is not the door's cost)
     consumer.start(count)
     assert consumer.process is not None
     group = ProcGroup(consumer.kind, consumer.process.pid)
-    groups = [group, pg] if consumer.kind == "bridge" else [group]
-    meter = CpuMeter(groups)
-    mark = meter.start()
+    assert consumer.broker.process is not None
+    mosquitto = ProcGroup("mosquitto", consumer.broker.process.pid)
+    meter = CpuMeter([group, mosquitto, pg] if consumer.kind == "bridge" else [group, mosquitto])
+    out_size = consumer.out_path.stat().st_size
+    mark: dict[str, Any] | None = None
+    done_at_mark = 0
     first = last = None
     deadline = time.monotonic() + 900
-    out_path = consumer.out_path
-    out_size = out_path.stat().st_size
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and last is None:
+        out = consumer.out_path.read_bytes()[out_size:]
         if consumer.kind == "bridge":
-            stored = raw_rows(target) - before
+            done = (raw_rows(target) - before) // events
             now = time.time()
-            if stored > 0 and first is None:
+            if done and first is None:
                 first = now
-            if stored >= count * events:
+            if done >= count:
                 last = now
-                break
-            time.sleep(0.05)
-        elif consumer.kind == "broker":
+        elif consumer.kind == "broker":  # one arrival timestamp per line
+            done = out.count(b"\n")
             if consumer.process.poll() is not None:
-                stamps = out_path.read_bytes()[out_size:].split()
+                stamps = out.split()
                 first, last = float(stamps[0]), float(stamps[-1])
-                break
-            time.sleep(0.05)
-        else:
-            text = out_path.read_bytes()[out_size:].strip()
-            if text:
-                done = json.loads(text.splitlines()[-1])
-                first, last = done["first"], done["last"]
-                break
-            time.sleep(0.05)
+        else:  # the no-op door prints when its first and its last message arrived
+            lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+            done = 1 if lines else 0
+            if lines and "last" in lines[-1]:
+                first, last = lines[-1]["first"], lines[-1]["last"]
+        if mark is None and done:
+            mark, done_at_mark = meter.start(), done
+        time.sleep(0.02)
+    if mark is None or first is None or last is None:
+        consumer.stop()
+        raise RuntimeError(f"{consumer.kind} did not finish the backlog")
     cpu = meter.stop(mark)
     wall = time.perf_counter() - mark["wall"]
     consumer.stop()
-    if first is None or last is None:
-        raise RuntimeError(f"{consumer.kind} did not finish the backlog")
+    measured = max(1, count - done_at_mark)
     seconds = max(last - first, 1e-6)
     result = {
         "consumer": consumer.kind,
@@ -205,10 +207,10 @@ def measure(
         "publish_seconds": round(publish_seconds, 1),
         "cpu_percent": cpu,
     }
-    # CPU per message over the whole phase (start-up included: an upper bound)
-    result["consumer_cpu_us_per_message"] = round(cpu[consumer.kind] / 100 * wall / count * 1e6)
+    result["consumer_cpu_us_per_message"] = round(cpu[consumer.kind] / 100 * wall / measured * 1e6)
+    result["mosquitto_cpu_us_per_message"] = round(cpu["mosquitto"] / 100 * wall / measured * 1e6)
     if consumer.kind == "bridge":
-        result["postgres_cpu_us_per_message"] = round(cpu[pg.name] / 100 * wall / count * 1e6)
+        result["postgres_cpu_us_per_message"] = round(cpu[pg.name] / 100 * wall / measured * 1e6)
     return result
 
 
@@ -277,7 +279,12 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
     for key, runs in results.items():
         out[key] = {
             field: statistics.median(r[field] for r in runs)
-            for field in ("messages_per_s", "events_per_s", "consumer_cpu_us_per_message")
+            for field in (
+                "messages_per_s",
+                "events_per_s",
+                "consumer_cpu_us_per_message",
+                "mosquitto_cpu_us_per_message",
+            )
         }
         if "postgres_cpu_us_per_message" in runs[0]:
             out[key]["postgres_cpu_us_per_message"] = statistics.median(r["postgres_cpu_us_per_message"] for r in runs)
@@ -285,22 +292,27 @@ def summarize(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, A
 
 
 def print_table(summary: dict[str, dict[str, Any]]) -> None:
-    print("\nscenario           messages/s   events/s   ratio to broker   consumer CPU us/msg   PostgreSQL CPU us/msg")
+    print(
+        "\nscenario           messages/s   events/s   ratio to broker"
+        "   consumer CPU us/msg   Mosquitto CPU us/msg   PostgreSQL CPU us/msg"
+    )
     for scenario in ("single", "batch100"):
         ceiling = summary[f"{scenario}/broker"]["messages_per_s"]
         for kind in CONSUMERS:
             row = summary[f"{scenario}/{kind}"]
             pg = row.get("postgres_cpu_us_per_message", "-")
+            # mosquitto_sub exits as it finishes, before its CPU can be read: its cost is not the point
+            consumer_cpu = "-" if kind == "broker" else row["consumer_cpu_us_per_message"]
             ratio = f"{row['messages_per_s'] / ceiling:.0%}"
             print(
                 f"{scenario + '/' + kind:<18} {row['messages_per_s']:>10,.0f} {row['events_per_s']:>10,.0f}"
-                f" {ratio:>17} {row['consumer_cpu_us_per_message']:>21} {pg:>23}"
+                f" {ratio:>17} {consumer_cpu:>21} {row['mosquitto_cpu_us_per_message']:>22} {pg:>23}"
             )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--messages", type=int, default=50_000, help="single-event messages per run (default 50,000)")
+    parser.add_argument("--messages", type=int, default=20_000, help="single-event messages per run (default 20,000)")
     parser.add_argument("--repeat", type=int, default=3, help="repetitions; medians are reported (default 3)")
     parser.add_argument("--server-url", default=None, help="a PostgreSQL server to use instead of pgserver")
     args = parser.parse_args(argv)
