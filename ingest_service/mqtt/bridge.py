@@ -9,8 +9,8 @@ Nothing the bridge acknowledged is lost:
   redelivered to the session after a crash or a lost connection; the door answers a redelivery of a
   stored message from the ledger (door.py);
 - a bounded in-flight window of MQTT_INFLIGHT messages taken and not acknowledged: the MQTT 5
-  Receive Maximum asks the broker for it, and the bridge stops reading its socket while the window
-  is full (`_read`), so it holds even against a broker that overshoots. While PostgreSQL is down
+  Receive Maximum asks the broker for it, and the bridge stops reading its socket when a broker
+  sends past it (`_read`), so it holds (to one message) even against a broker that overshoots. While PostgreSQL is down
   each taken message waits and retries, no acknowledgement goes out, and the broker holds everything
   else until the database is back.
 
@@ -159,7 +159,6 @@ class Bridge:
         self._database_down = False
         self._sock: Any = None
         self._paused = False
-        self._paused_at = 0.0
 
     # ---------------------------------------------------------------------------------------- #
     # paho on the event loop
@@ -176,17 +175,18 @@ class Bridge:
         self._loop.remove_reader(sock)
         self._loop.remove_writer(sock)
 
-    def _read(self, packets: int = READ_BURST) -> None:
-        """Read what the broker sent, one packet at a time, and stop reading while the window is
-        full: TCP backpressure then makes the broker hold every further message, even a broker that
-        overshoots the Receive Maximum (Mosquitto before 2.0.13, whose send quota goes wrong while
-        acknowledgements flow and on a resumed backlog). paho's own loop_read cannot stop there: it
-        reads as many packets as it has messages in flight, thousands of queued results under a
-        backlog. Its one-packet read and error handling are paho internals, pinned in pyproject.toml;
-        the window tests catch a change."""
+    def _read(self) -> None:
+        """Read what the broker sent, one packet at a time, and stop reading once the broker has sent
+        past the window: TCP backpressure then makes it hold every further message. A broker that
+        honours the Receive Maximum never gets there (reading goes on for acknowledgements and
+        pings); Mosquitto before 2.0.13 does, its send quota going wrong while acknowledgements flow
+        and on a resumed backlog. paho's own loop_read cannot stop there: it reads as many packets as
+        it has messages in flight, thousands of queued results under a backlog. Its one-packet read
+        and error handling are paho internals, pinned in pyproject.toml; the window tests catch a
+        change."""
         client = self.client
-        for _ in range(packets):
-            if len(self._order) >= self.window:
+        for _ in range(READ_BURST):
+            if len(self._order) > self.window:
                 self._pause()
                 return
             if self._sock is None:
@@ -197,15 +197,18 @@ class Bridge:
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 client._loop_rc_handle(rc)
                 return
+        # More may be buffered where the socket's readiness does not show it (TLS): read on soon.
+        assert self._loop is not None
+        self._loop.call_soon(self._read)
 
     def _pause(self) -> None:
         if not self._paused and self._sock is not None:
             assert self._loop is not None
             self._loop.remove_reader(self._sock)
-            self._paused, self._paused_at = True, time.monotonic()
+            self._paused = True
 
     def _resume(self) -> None:
-        if self._paused and self._sock is not None and len(self._order) < self.window:
+        if self._paused and self._sock is not None and len(self._order) <= self.window:
             assert self._loop is not None
             self._loop.add_reader(self._sock, self._read)
             self._paused = False
@@ -219,16 +222,8 @@ class Bridge:
         self._loop.remove_writer(sock)
 
     async def _misc_loop(self) -> None:
-        """Keepalive pings and their timeout: paho's periodic work when it does not own the loop.
-        While reading is paused (the window full: the database slow or down), one packet is read now
-        and then, so the broker's PINGRESP comes in and a long outage does not cost the connection."""
-        peek_every = max(1.0, self.settings.mqtt_keepalive_seconds / 3)
-        last_peek = 0.0
+        """Keepalive pings and their timeout: paho's periodic work when it does not own the loop."""
         while True:
-            now = time.monotonic()
-            if self._paused and now - self._paused_at >= peek_every and now - last_peek >= peek_every:
-                last_peek = now
-                self._read(packets=1)
             self.client.loop_misc()
             await asyncio.sleep(1.0)
 
