@@ -158,6 +158,7 @@ class StoredResults:
         self.pool = pool
         self.timeout = timeout
         self._asked: dict[str, list[asyncio.Future[list[ItemResult]]]] = {}
+        self._queries: set[asyncio.Future[None]] = set()
 
     async def results(self, request_id: str) -> list[ItemResult]:
         """The stored results of the message with this request id, or [] when it is not stored."""
@@ -170,7 +171,9 @@ class StoredResults:
 
     def _flush(self) -> None:
         asked, self._asked = self._asked, {}
-        asyncio.ensure_future(self._query(asked))
+        task = asyncio.ensure_future(self._query(asked))
+        self._queries.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._queries.discard)
 
     async def _query(self, asked: dict[str, list[asyncio.Future[list[ItemResult]]]]) -> None:
         try:
