@@ -502,13 +502,17 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
         print("iot-platform mqtt: set MQTT_URL (e.g. mqtt://bridge:password@127.0.0.1:1883)", file=sys.stderr)
         return 2
     try:
-        BrokerAddress.from_url(settings.mqtt_url)
+        broker = BrokerAddress.from_url(settings.mqtt_url)
     except ValueError as exc:
         print(f"iot-platform mqtt: {exc}", file=sys.stderr)
         return 2
     target = resolve_target(settings)
     if not args.no_migrate:
         migrate.upgrade(target)
+    filters = ", ".join(Topics(settings.mqtt_topic_prefix).filters(settings.mqtt_shared_group or None))
+    print(
+        f"iot-platform mqtt: {broker} as {settings.mqtt_client_id}, {filters} -> {target.parts['dbname']}", flush=True
+    )
     try:
         import uvloop
 
