@@ -183,3 +183,33 @@ def test_without_mqtt_url_the_command_says_what_to_set() -> None:
     )
     assert proc.returncode == 2
     assert "set MQTT_URL" in proc.stderr
+
+
+def test_a_message_published_again_is_answered_from_the_ledger_and_packet_ids_are_no_identity(
+    fresh_db: DatabaseTarget, system_broker: str, prefix: str, tmp_path: Path
+) -> None:
+    """The same message twice (a device that lost its answer publishes it again): one raw row, the
+    same answer. Two different messages under the same client id and packet id, one session after
+    the other: both stored, so client id + packet id could not have been the key."""
+    bridge = _bridge(fresh_db, system_broker, prefix, tmp_path).start()
+    topic = f"{prefix}/9/telemetry"
+    same = orjson.dumps(telemetry(9, "battery_charge", 40.0))
+    packet_ids = []
+    try:
+        for payload in (same, same, orjson.dumps(telemetry(9, "battery_charge", 41.0))):
+            device = MqttClient(system_broker, f"{prefix}-device", subscribe=(f"{prefix}/9/results",))
+            try:
+                info = device.publish(topic, payload, correlation=b"req-1")
+                device.wait_published([info], 10)
+                packet_ids.append(info.mid)
+                (answer,) = device.wait_messages(1, 20)
+                packet_ids.append(answer.json()["raw_id"])
+            finally:
+                device.close()
+    finally:
+        assert bridge.stop() == 0
+    first_mid, first_raw, again_mid, again_raw, other_mid, other_raw = packet_ids
+    assert first_mid == again_mid == other_mid  # a new session numbers its packets from 1 again
+    assert again_raw == first_raw and other_raw != first_raw
+    assert _counts(fresh_db.url) == {"raw": 2, "facts": 2, "errors": 0, "startups": 0}
+    assert bridge.stats()["replayed"] == 1
