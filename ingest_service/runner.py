@@ -212,6 +212,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         serve = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"]
         api = spawn("api", serve, due)
         wait_ready(api_url + "/readyz", process=api)
+        doors = _start_doors(settings, api_url, spawn)
         extras = _extra_services(args, env, spawn)
         first_build = spawn(
             "dbt-first-build",
@@ -235,6 +236,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  database      {where}\n"
             f"                {target.url}\n"
             f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
+            f"  doors         {doors}\n"
             f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
             f"  logs          {logs}/   (first dbt build of the analytics models at "
             f"{datetime.fromtimestamp(first_build_at, UTC):%H:%M:%S} UTC: dbt-first-build.log)\n"
@@ -279,6 +281,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         _stop(started)
         if target.embedded and not pg_was_running:
             stop_embedded(settings)
+
+
+def _start_doors(settings: Settings, api_url: str, spawn) -> str:
+    """The ingest doors besides HTTP (docs/mqtt.md): the MQTT bridge when MQTT_URL is set."""
+    if not settings.mqtt_url:
+        return f"HTTP {api_url}/ingest; MQTT off (set MQTT_URL)"
+    from ingest_service.mqtt.bridge import BrokerAddress
+
+    try:
+        broker = BrokerAddress.from_url(settings.mqtt_url)
+    except ValueError as exc:
+        return f"HTTP {api_url}/ingest; MQTT off: {exc}"
+    spawn("mqtt", [PYTHON, "-m", "ingest_service.cli", "mqtt", "--no-migrate"])
+    prefix = settings.mqtt_topic_prefix
+    return f"HTTP {api_url}/ingest; MQTT {broker} {prefix}/+/telemetry, {prefix}/+/startup (log: mqtt.log)"
 
 
 def _extra_services(args: argparse.Namespace, env: dict[str, str], spawn) -> list[str]:

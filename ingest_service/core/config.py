@@ -76,6 +76,22 @@ class Settings(BaseSettings):
     # JSON lines on stderr; INFO logs one access line per request.
     log_level: str = "WARNING"
 
+    # MQTT door (`iot-platform mqtt`, docs/mqtt.md); `make up` starts it when MQTT_URL is set.
+    # mqtt://user:password@host:1883, or mqtts:// for TLS (the system's CA certificates).
+    mqtt_url: str | None = Field(default=None, repr=False)
+    # Fixed per bridge process: the broker keeps the session (subscriptions, unacknowledged and queued
+    # messages) of this id while the bridge is away. Each bridge of a shared group needs its own.
+    mqtt_client_id: str = "iot-ingest-bridge"
+    mqtt_topic_prefix: str = "devices"
+    # Bridges subscribe as `$share/<group>/...` and split the messages; empty: a plain subscription.
+    mqtt_shared_group: str = "ingest"
+    # Messages taken but not yet acknowledged (MQTT 5 Receive Maximum): the broker holds the rest
+    # while PostgreSQL is slow or down.
+    mqtt_inflight: int = 256
+    # How long the broker keeps the session and queues for it while the bridge is disconnected.
+    mqtt_session_expiry_seconds: int = 7 * 24 * 3600
+    mqtt_keepalive_seconds: int = 30
+
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Self:
         if not self.dev_mode and self.provision_secret.strip().lower() in PLACEHOLDER_SECRETS:
