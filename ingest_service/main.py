@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
-from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.analytics.reader import (
     AnalyticsReader,
@@ -21,7 +20,7 @@ from ingest_service.analytics.reader import (
 from ingest_service.api.main import ROUTERS
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
 from ingest_service.core.config import Settings, get_settings
-from ingest_service.core.database import resolve_target
+from ingest_service.core.database import connection_pool, resolve_target
 from ingest_service.core.logging import RequestIdMiddleware
 from ingest_service.ingest.service import IngestService
 
@@ -56,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target = resolve_target(settings)
         timeout_ms = int(settings.request_timeout_seconds * 1000)
-        pool = AsyncConnectionPool(
+        pool = connection_pool(
             target.url,
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,

@@ -10,10 +10,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import ConnStatus, TransactionStatus
+from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.core.config import Settings
 
@@ -127,3 +130,41 @@ def tool_environment(target: DatabaseTarget, base: dict[str, str] | None = None)
         DATABASE_URL=target.url,
     )
     return env
+
+
+# A connection attempt that fails is retried by psycopg_pool with a growing delay (1 s, 2 s, 4 s...):
+# after a long outage the pool would come back minutes late. Attempts give up after this long
+# instead; the next request that needs a connection starts a fresh attempt at once.
+POOL_RECONNECT_TIMEOUT_SECONDS = 1.0
+
+
+def connection_pool(url: str, **kwargs: Any) -> AsyncConnectionPool:
+    """An AsyncConnectionPool (not opened) that survives a database restart: every connection it
+    hands out is checked first, and the first dead one found makes it check all its idle ones at
+    once, so a restart costs one reconnect, not a failed request (or a back-off) per pooled connection.
+    """
+    pool: AsyncConnectionPool
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        if connection_looks_alive(conn):
+            return
+        await pool.check()  # its peers died with it: replace them all now
+        raise psycopg.OperationalError("the pooled connection was closed by the server")
+
+    pool = AsyncConnectionPool(url, check=check, reconnect_timeout=POOL_RECONNECT_TIMEOUT_SECONDS, **kwargs)
+    return pool
+
+
+def connection_looks_alive(conn: psycopg.AsyncConnection) -> bool:
+    """Whether an idle pooled connection still works, without a round trip: read (non-blocking)
+    whatever the server sent it while it sat in the pool. Normally that is nothing; a server that
+    shut down or restarted closed the socket (or sent its last error first), and libpq sees it here.
+    """
+    if conn.closed:
+        return False
+    pgconn = conn.pgconn
+    try:
+        pgconn.consume_input()
+    except psycopg.OperationalError:
+        return False
+    return pgconn.status == ConnStatus.OK and pgconn.transaction_status == TransactionStatus.IDLE

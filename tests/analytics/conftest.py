@@ -22,7 +22,7 @@ from ingest_service.core.database import DatabaseTarget, tool_environment
 from ingest_service.main import create_app
 from tests.utils.db import create_fresh_database, drop_database
 
-API_KEY = "analytics-test-key-0123456789"
+API_KEY = "analytics-test-key-0123456789abcdef0123"
 ANALYST = "iot_analyst"
 DBT = PROJECT_ROOT / ".venv" / "bin" / "dbt"
 MIGRATIONS = PROJECT_ROOT / "ingest_service" / "migrations" / "versions"

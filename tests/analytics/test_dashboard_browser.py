@@ -44,7 +44,7 @@ CHROMIUM_FLAGS = [
 @pytest.fixture(scope="module")
 def server(analytics_db: AnalyticsDb) -> Iterator[str]:
     """A real `iot-platform serve` process on a free port, with the analytics key configured."""
-    with running_api(analytics_db.target, "browser-test-secret", ANALYTICS_API_KEY=API_KEY) as base:
+    with running_api(analytics_db.target, "browser-test-secret-of-32-bytes-or-more", ANALYTICS_API_KEY=API_KEY) as base:
         yield base
 
 

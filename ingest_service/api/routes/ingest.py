@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import Counter
@@ -20,6 +21,10 @@ from ingest_service.ingest.results import SINGLE_ITEM_HTTP_STATUS, RequestMeta
 from ingest_service.ingest.service import DatabaseUnavailable, IngestService
 
 router = APIRouter(tags=["ingest"])
+log = logging.getLogger(__name__)
+# What a client is told when the database cannot take a request; the database's own text (which may
+# name hosts, roles or SQL) goes to the log with the request id, never into the answer.
+DATABASE_UNAVAILABLE = "the database is unavailable; nothing was stored, retry after Retry-After seconds"
 
 _event_schema = {
     "oneOf": [
@@ -110,7 +115,8 @@ async def ingest(request: Request) -> Response:
         response = _refused(exc.status_code, exc.reason, exc.detail, headers)
     except DatabaseUnavailable as exc:
         headers["Retry-After"] = str(settings.retry_after_seconds)
-        response = _refused(503, "database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers)
+        log.warning("database unavailable: answered 503", extra={"fields": {"error": str(exc)[:1000]}})
+        response = _refused(503, "database_unavailable", DATABASE_UNAVAILABLE, headers)
     except ClientDisconnect:
         response = _refused(400, "client_disconnected", "the client closed the connection mid-body", headers)
     METRICS.count_request(response.status_code)
