@@ -8,6 +8,7 @@ process that started it exits, so the API, dbt, Dagster and the tests can share 
 from __future__ import annotations
 
 import logging
+import select
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -148,7 +149,8 @@ def connection_pool(url: str, **kwargs: Any) -> AsyncConnectionPool:
     async def check(conn: psycopg.AsyncConnection) -> None:
         if connection_looks_alive(conn):
             return
-        await pool.check()  # its peers died with it: replace them all now
+        await conn.close()  # so the pool discards it (and opens another) instead of keeping it
+        await pool.check()  # its idle peers died with it: replace them all now, not one per request
         raise psycopg.OperationalError("the pooled connection was closed by the server")
 
     pool = AsyncConnectionPool(url, check=check, reconnect_timeout=POOL_RECONNECT_TIMEOUT_SECONDS, **kwargs)
@@ -156,15 +158,12 @@ def connection_pool(url: str, **kwargs: Any) -> AsyncConnectionPool:
 
 
 def connection_looks_alive(conn: psycopg.AsyncConnection) -> bool:
-    """Whether an idle pooled connection still works, without a round trip: read (non-blocking)
-    whatever the server sent it while it sat in the pool. Normally that is nothing; a server that
-    shut down or restarted closed the socket (or sent its last error first), and libpq sees it here.
-    """
-    if conn.closed:
-        return False
+    """Whether an idle pooled connection still works, without a round trip. An idle connection has
+    nothing to read: a server that shut down or restarted sent its last error and closed the socket,
+    so anything readable (or a hang-up) means it is gone. One poll(2), no query."""
     pgconn = conn.pgconn
-    try:
-        pgconn.consume_input()
-    except psycopg.OperationalError:
+    if conn.closed or pgconn.status != ConnStatus.OK or pgconn.transaction_status != TransactionStatus.IDLE:
         return False
-    return pgconn.status == ConnStatus.OK and pgconn.transaction_status == TransactionStatus.IDLE
+    poller = select.poll()  # not select(): descriptors beyond 1024 are normal in a busy API
+    poller.register(pgconn.socket, select.POLLIN)
+    return not poller.poll(0)
