@@ -19,6 +19,7 @@ from ingest_service.analytics.reader import (
 )
 from ingest_service.api.main import ROUTERS
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
+from ingest_service.api.security_headers import SecurityHeadersMiddleware
 from ingest_service.core.config import Settings, get_settings
 from ingest_service.core.database import connection_pool, resolve_target
 from ingest_service.core.logging import RequestIdMiddleware
@@ -36,8 +37,11 @@ def _unique_id(route: APIRoute) -> str:
 def http_stack(**kwargs: Any) -> FastAPI:
     """The FastAPI application and middleware every route runs in, without routes. The ingest
     benchmark's no-op ceiling is built on it too, so both measure the same stack."""
-    app = FastAPI(generate_unique_id_function=_unique_id, telemetry=TELEMETRY, **kwargs)
+    # No /redoc: the OpenAPI pages are /docs (Swagger UI, under its own Content-Security-Policy) and
+    # /openapi.json.
+    app = FastAPI(generate_unique_id_function=_unique_id, telemetry=TELEMETRY, redoc_url=None, **kwargs)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, docs_path=app.docs_url or "/docs")
     return app
 
 
