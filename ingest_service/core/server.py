@@ -206,13 +206,16 @@ class EdgeProtocol(HttpToolsProtocol):
             )
 
     def _refuse(self, response: bytes) -> None:
-        """Answer from the server and close, unless the app has begun an answer on this connection
-        (then only close). The app's request, if any, sees a disconnect and its answer is dropped."""
+        """Answer from the server and close. While a body is read, the request is the app's: the
+        answer is written only if the app has not begun its own (the app then sees a disconnect and
+        its answer is dropped). While a head is read, only once the previous answer is complete."""
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
-            if cycle is not None and not cycle.response_complete:
+        if self._phase == BODY and cycle is not None:
+            if not cycle.response_started:
                 cycle.disconnected = True
                 cycle.message_event.set()
+                self.transport.write(response)
+        elif cycle is None or cycle.response_complete:
             self.transport.write(response)
         self.transport.close()
 
