@@ -48,7 +48,7 @@ def main() -> None:
     import uvicorn
 
     from ingest_service.core.config import Settings
-    from ingest_service.core.server import uvicorn_options
+    from ingest_service.core.server import prepare_server
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
@@ -63,7 +63,7 @@ def main() -> None:
         log_level="warning",
         access_log=False,
         # the API's limits (its environment), without its secret checks: the no-op stores nothing
-        **uvicorn_options(Settings(dev_mode=True), args.workers),
+        **prepare_server(Settings(dev_mode=True), args.workers),
     )
 
 

@@ -350,9 +350,10 @@ def raise_nofile_limit() -> int:
     return wanted
 
 
-def uvicorn_options(settings: Settings, workers: int) -> dict[str, Any]:
-    """uvicorn.run's keyword arguments for the HTTP edge: the protocol with its limits, keep-alive,
-    proxy headers. `iot-platform serve` and the benchmark's no-op ceiling both use them."""
+def prepare_server(settings: Settings, workers: int) -> dict[str, Any]:
+    """Raise the file-descriptor limit, and return uvicorn.run's keyword arguments for the HTTP edge:
+    the protocol with its limits (the cap fitted to the descriptors), keep-alive, proxy headers.
+    `iot-platform serve` and the benchmark's no-op ceiling both start this way."""
     nofile = raise_nofile_limit()
     limits = EdgeLimits.from_settings(settings)
     fitting = max(1, nofile // max(1, workers) - FDS_RESERVED_PER_WORKER)
