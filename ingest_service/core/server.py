@@ -231,6 +231,8 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _make_room(self) -> bool:
         for other in self.waiting:
+            if other.transport.is_closing():  # closed on a deadline, leaving at its connection_lost
+                continue
             if other._phase in (IDLE, HEAD) and (other.cycle is None or other.cycle.response_complete):
                 _closed("evicted", "closed the longest-waiting connection: the server is at MAX_CONNECTIONS")
                 self.waiting.pop(other)
