@@ -13,7 +13,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
-from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.analytics.catalog import ManifestCatalog
 from ingest_service.analytics.reader import (
@@ -25,8 +24,9 @@ from ingest_service.analytics.reader import (
 from ingest_service.api.main import ROUTERS
 from ingest_service.api.routes.analytics import install_metric_routes
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
+from ingest_service.api.security_headers import SecurityHeadersMiddleware
 from ingest_service.core.config import Settings, get_settings
-from ingest_service.core.database import resolve_target
+from ingest_service.core.database import resolve_target, write_pool
 from ingest_service.core.logging import RequestIdMiddleware
 from ingest_service.ingest.service import IngestService
 
@@ -42,8 +42,11 @@ def _unique_id(route: APIRoute) -> str:
 def http_stack(**kwargs: Any) -> FastAPI:
     """The FastAPI application and middleware every route runs in, without routes. The ingest
     benchmark's no-op ceiling is built on it too, so both measure the same stack."""
-    app = FastAPI(generate_unique_id_function=_unique_id, telemetry=TELEMETRY, **kwargs)
+    # No /redoc: the OpenAPI pages are /docs (Swagger UI, under its own Content-Security-Policy) and
+    # /openapi.json.
+    app = FastAPI(generate_unique_id_function=_unique_id, telemetry=TELEMETRY, redoc_url=None, **kwargs)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, docs_path=app.docs_url or "/docs")
     return app
 
 
@@ -60,21 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target = resolve_target(settings)
-        timeout_ms = int(settings.request_timeout_seconds * 1000)
-        pool = AsyncConnectionPool(
-            target.url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            open=False,
-            # autocommit: a group of the common kind is one statement (ingest.write_items), atomic on
-            # its own; writes of several statements open a transaction explicitly.
-            kwargs={
-                "options": f"-c statement_timeout={timeout_ms}",
-                "application_name": "ingest_service",
-                "autocommit": True,
-            },
-            timeout=settings.request_timeout_seconds,
-        )
+        pool = write_pool(settings, target.url, "ingest_service")
         await pool.open(wait=False)
         service = IngestService(pool, settings)
         await service.start()

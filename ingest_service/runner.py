@@ -47,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ingest_service.core import migrate
     from ingest_service.core.logging import configure_json_logging
+    from ingest_service.core.server import prepare_server
 
     # No dev-mode default here: a production `serve` without a real PROVISION_SECRET refuses to start.
     settings = Settings()
@@ -67,12 +68,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop="uvloop",
-        http="httptools",
         log_level=args.log_level,
         log_config=None,  # keep the JSON logging configured above
         access_log=False,
         timeout_graceful_shutdown=30,
+        **prepare_server(settings, args.workers),
     )
     return 0
 

@@ -19,12 +19,12 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ingest_service.core.config import Settings
-from ingest_service.core.database import DatabaseTarget, normalize_url
+from ingest_service.core.database import DatabaseTarget, connection_pool, normalize_url
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +81,13 @@ class AnalyticsReader:
         self.settings = settings
         self._url = url
         self._kwargs = connection_kwargs(settings)
-        self.pool = AsyncConnectionPool(
+        self.pool = connection_pool(
             url,
             min_size=0,  # connects on first use: an unused or not-yet-migrated analytics side stays quiet
             max_size=settings.analytics_pool_max_size,
             open=False,
             kwargs=self._kwargs,
             timeout=min(5.0, settings.request_timeout_seconds),
-            # A pooled connection may have died with a database restart: check it on checkout (one
-            # round trip) so the first request after the restart is served, not answered 503.
-            check=AsyncConnectionPool.check_connection,
             name="analytics",
         )
 

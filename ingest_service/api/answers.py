@@ -31,6 +31,7 @@ REFUSED_HTTP_STATUS = {
     "body_too_large": 413,
     "inflated_too_large": 413,
     "too_many_items": 413,
+    "too_many_gzip_members": 413,
     "unsupported_encoding": 415,
     "invalid_gzip": 400,
     "client_disconnected": 400,

@@ -14,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret", "placeholder"}
 DEV_PROVISION_SECRET = "dev-secret"
+# Outside dev mode, PROVISION_SECRET and ANALYTICS_API_KEY must be at least this long (bytes):
+# 256 bits, the size of the HMAC-SHA256 key and beyond any guessing.
+MIN_SECRET_BYTES = 32
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
 class Settings(BaseSettings):
@@ -27,6 +31,17 @@ class Settings(BaseSettings):
     # dev mode allows the well-known development provisioning secret.
     dev_mode: bool = False
     provision_secret: str = Field(default=DEV_PROVISION_SECRET, repr=False)
+
+    # The HTTP edge (ingest_service/core/server.py): how long the server waits on a client in each
+    # phase of a connection, how large a request head may be, how many connections a worker keeps.
+    keepalive_timeout_seconds: float = Field(default=5.0, gt=0)
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_connections: int = Field(default=4096, ge=1)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses or
+    # networks, uvicorn's syntax); unset: nobody's, the peer address is the client's.
+    forwarded_allow_ips: str | None = None
 
     # Request limits: bigger bodies are refused (413) before anything is stored.
     max_body_bytes: int = 4 * 1024 * 1024
@@ -93,19 +108,27 @@ class Settings(BaseSettings):
     mqtt_keepalive_seconds: int = 30
 
     @model_validator(mode="after")
-    def _refuse_placeholder_secret(self) -> Self:
-        if not self.dev_mode and self.provision_secret.strip().lower() in PLACEHOLDER_SECRETS:
-            raise ValueError(
-                "PROVISION_SECRET is unset or a placeholder; set a real secret, or DEV_MODE=1 for development"
-            )
+    def _refuse_weak_secret(self) -> Self:
+        if not self.dev_mode:
+            _check_secret("PROVISION_SECRET", self.provision_secret)
         return self
 
     @model_validator(mode="after")
-    def _refuse_placeholder_analytics_key(self) -> Self:
-        key = self.analytics_api_key
-        if not self.dev_mode and key is not None and key.strip().lower() in PLACEHOLDER_SECRETS:
-            raise ValueError("ANALYTICS_API_KEY is a placeholder; set a real key, or DEV_MODE=1 for development")
+    def _refuse_weak_analytics_key(self) -> Self:
+        if not self.dev_mode and self.analytics_api_key is not None:
+            _check_secret("ANALYTICS_API_KEY", self.analytics_api_key)
         return self
+
+
+def _check_secret(name: str, value: str) -> None:
+    """Outside dev mode a secret must be real: not a placeholder, at least MIN_SECRET_BYTES long."""
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        problem = "is unset or a placeholder"
+    elif len(value.encode()) < MIN_SECRET_BYTES:
+        problem = f"is shorter than {MIN_SECRET_BYTES} bytes"
+    else:
+        return
+    raise ValueError(f"{name} {problem}; generate one with {GENERATE_SECRET}, or set DEV_MODE=1 for development")
 
 
 @lru_cache

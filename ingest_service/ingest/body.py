@@ -77,28 +77,41 @@ def parse(
     return Parsed(items, is_batch)
 
 
+# A gzip body of more members is refused (413 too_many_gzip_members). One compressor writes one
+# member; concatenated files or per-line members stay far below this.
+MAX_GZIP_MEMBERS = 1000
+_GZIP_FIRST_SLICE, _GZIP_MAX_SLICE = 256, 1 << 20
+
+
 def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in SUPPORTED_ENCODINGS:
         raise BodyRejected("unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
-    chunks: list[bytes] = []
-    size, data = 0, body
+    # A gzip body may be several members back to back (RFC 1952): inflate them all. Each member is
+    # fed in growing slices (zlib copies what is left of a slice past a member's end), so the work is
+    # linear in the body, and the members are capped: a body of empty members costs no more than
+    # MAX_GZIP_MEMBERS of them.
+    view, chunks, size, pos, members = memoryview(body), [], 0, 0, 0
     try:
-        while True:  # a gzip body may be several members back to back (RFC 1952): inflate them all
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunks.append(inflater.decompress(data, max_inflated + 1 - size))
-            size += len(chunks[-1])
-            if size > max_inflated or inflater.unconsumed_tail or not inflater.eof or not inflater.unused_data:
-                break
-            data = inflater.unused_data
+        while pos < len(body):
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise BodyRejected("too_many_gzip_members", f"the gzip body has more than {MAX_GZIP_MEMBERS} members")
+            inflater, step = zlib.decompressobj(16 + zlib.MAX_WBITS), _GZIP_FIRST_SLICE
+            while not inflater.eof:
+                if pos >= len(body):
+                    raise BodyRejected("invalid_gzip", "body is not valid gzip: the stream is truncated")
+                piece = view[pos : pos + step]
+                chunks.append(inflater.decompress(piece, max_inflated + 1 - size))
+                size += len(chunks[-1])
+                if size > max_inflated or inflater.unconsumed_tail:
+                    raise BodyRejected("inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
+                pos += len(piece) - len(inflater.unused_data)
+                step = min(2 * step, _GZIP_MAX_SLICE)
     except zlib.error as exc:
         raise BodyRejected("invalid_gzip", f"body is not valid gzip: {exc}") from exc
-    if size > max_inflated or inflater.unconsumed_tail:
-        raise BodyRejected("inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
-    if body and not inflater.eof:
-        raise BodyRejected("invalid_gzip", "body is not valid gzip: the stream is truncated")
     return b"".join(chunks)
 
 

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.core.config import Settings
+from ingest_service.core.database import write_pool
 from ingest_service.ingest import (
     BodyItem,
     BodyRejected,
@@ -161,20 +161,9 @@ class MqttDoor:
 
 @asynccontextmanager
 async def open_door(settings: Settings, database_url: str) -> AsyncIterator[MqttDoor]:
-    """The write path as the API's lifespan builds it (main.py): an autocommit pool whose
-    statement timeout is the request timeout, and the group-commit service on it."""
-    pool = AsyncConnectionPool(
-        database_url,
-        min_size=settings.pool_min_size,
-        max_size=settings.pool_max_size,
-        open=False,
-        kwargs={
-            "options": f"-c statement_timeout={int(settings.request_timeout_seconds * 1000)}",
-            "application_name": "mqtt_bridge",
-            "autocommit": True,
-        },
-        timeout=settings.request_timeout_seconds,
-    )
+    """The write path as the API's lifespan builds it (main.py): its pool, and the group-commit
+    service on it."""
+    pool = write_pool(settings, database_url, "mqtt_bridge")
     await pool.open(wait=False)
     service = IngestService(pool, settings)
     await service.start()

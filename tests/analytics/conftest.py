@@ -25,7 +25,8 @@ from ingest_service.core.database import DatabaseTarget, tool_environment
 from ingest_service.main import create_app
 from tests.utils.db import create_fresh_database, drop_database
 
-API_KEY = "analytics-test-key-0123456789abcdef"  # 32+ bytes: a key `serve` accepts
+API_KEY = "analytics-test-key-0123456789abcdef0123"  # 32+ bytes: a key `serve` accepts
+ANALYST = "iot_analyst"
 DBT = PROJECT_ROOT / ".venv" / "bin" / "dbt"
 DBT_PROJECT = PROJECT_ROOT / "dbt_project"
 NO_MANIFEST = PROJECT_ROOT / ".data" / "no-such-dir" / "manifest.json"

@@ -75,7 +75,11 @@ def test_dev_mode_without_a_key_is_open(analytics_db: AnalyticsDb) -> None:
 
 
 def test_production_without_a_key_refuses_analytics_only(analytics_db: AnalyticsDb) -> None:
-    overrides = {"analytics_api_key": None, "dev_mode": False, "provision_secret": "a-real-provision-secret"}
+    overrides = {
+        "analytics_api_key": None,
+        "dev_mode": False,
+        "provision_secret": "a-real-provision-secret-of-32-bytes-or-more",
+    }
     with _client(analytics_db, **overrides) as client:
         response = client.get("/analytics/metric_side_switches", headers={"Authorization": "Bearer anything"})
         assert response.status_code == 503 and response.json()["reason"] == "analytics_not_configured"
@@ -87,7 +91,7 @@ def test_placeholder_key_is_refused_outside_dev_mode() -> None:
         analytics_settings(
             DatabaseTarget("postgresql://x@/y", False),
             dev_mode=False,
-            provision_secret="a-real-provision-secret",
+            provision_secret="a-real-provision-secret-of-32-bytes-or-more",
             analytics_api_key="changeme",
         )
 

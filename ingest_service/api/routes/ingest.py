@@ -7,6 +7,7 @@ hands it to the write path with the request's `Idempotency-Key` as its delivery 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from typing import Any
@@ -29,6 +30,10 @@ from ingest_service.ingest import (
 )
 
 router = APIRouter(tags=["ingest"])
+log = logging.getLogger(__name__)
+# What a client is told when the database cannot take a request; the database's own text (which may
+# name hosts, roles or SQL) goes to the log with the request id, never into the answer.
+DATABASE_UNAVAILABLE = "the database is unavailable; nothing was stored, retry after Retry-After seconds"
 
 _event_schema = {
     "oneOf": [
@@ -146,7 +151,8 @@ async def ingest(request: Request) -> Response:
         response = refused("idempotency_key_reused", str(exc), headers)
     except DatabaseUnavailable as exc:
         headers["Retry-After"] = str(settings.retry_after_seconds)
-        response = refused("database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers)
+        log.warning("database unavailable: answered 503", extra={"fields": {"error": str(exc)[:1000]}})
+        response = refused("database_unavailable", DATABASE_UNAVAILABLE, headers)
     except ClientDisconnect:
         response = refused("client_disconnected", "the client closed the connection mid-body", headers)
     METRICS.count_request(response.status_code)
