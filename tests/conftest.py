@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -12,10 +11,6 @@ from ingest_service.core.database import DatabaseTarget
 from tests.utils.db import build_template, create_fresh_database, drop_database, server_target
 
 os.environ.setdefault("DEV_MODE", "1")
-# dagster-dbt and the end-to-end tests start `dbt`/`iot-platform` from the project's venv.
-_venv_bin = str(Path(__file__).resolve().parents[1] / ".venv" / "bin")
-if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = _venv_bin + os.pathsep + os.environ.get("PATH", "")
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,7 @@ import httpx
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_TEMPLATE = Path(__file__).resolve().parents[1] / "instance" / "dagster.yaml"
-PROJECT_FILE = REPO_ROOT / "orchestration" / "defs" / "dbt" / "project.py"
-DBT_TARGET_DIR = REPO_ROOT / "dbt_project" / "target" / "dagster"  # DbtProject(target_path=...) in PROJECT_FILE
+DBT_TARGET_DIR = REPO_ROOT / "dbt_project" / "target" / "dagster"  # DbtProject(target_path=...) in defs/dbt/project.py
 DAGSTER_SCHEMA = "dagster"
 BIN = Path(sys.executable).parent
 
@@ -59,7 +58,7 @@ def prepare_manifest(env: Mapping[str, str], log_dir: Path) -> None:
     """Build dbt_project's manifest for the code location (it is never committed)."""
     with open(log_dir / "dbt-prepare.log", "ab") as log:
         subprocess.run(
-            [str(BIN / "dagster-dbt"), "project", "prepare-and-package", "--file", str(PROJECT_FILE)],
+            [sys.executable, "-m", "orchestration.lib.dbt.cli"],
             cwd=REPO_ROOT,
             env=dict(env),
             stdout=log,
@@ -96,8 +95,6 @@ def start_dagster(args: argparse.Namespace, env: Mapping[str, str], spawn: Spawn
     extra_env = {
         "DAGSTER_HOME": str(home),
         "DAGSTER_POSTGRES_URL": dagster_postgres_url(database_url),
-        # DbtCliResource needs `dbt` on PATH, and the run workers inherit this environment.
-        "PATH": str(BIN) + os.pathsep + env.get("PATH", os.environ.get("PATH", "")),
         # Each dbt invocation gets a folder under here and starts from the partial_parse.msgpack the
         # manifest preparation left here: a full parse costs tens of seconds per step otherwise.
         "DBT_TARGET_PATH": str(DBT_TARGET_DIR),

@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import dagster as dg
 import psycopg
 import pytest
-from dagster_dbt import DbtCliResource
 
 from ingest_service.core.database import DatabaseTarget
 from tests.orchestration.conftest import post
@@ -55,8 +54,9 @@ def _postgres():
 
 def _dbt(*args: str) -> None:
     from orchestration.defs.dbt.project import dbt_project
+    from orchestration.lib.dbt.cli import dbt_cli
 
-    DbtCliResource(project_dir=dbt_project).cli([*args, "--exclude-resource-type", "unit_test"]).wait()
+    dbt_cli(dbt_project).cli([*args, "--exclude-resource-type", "unit_test"]).wait()
 
 
 def _today() -> str:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -10,6 +14,7 @@ import pytest
 
 from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
 from orchestration.lib.launch import dagster_postgres_url, ensure_schema, prepare_dagster_home
+from tests.utils.processes import PROJECT_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +83,19 @@ def test_source_tests_and_python_checks_are_asset_checks(defs: dg.Definitions) -
     assert "ingest_error_rate_within_threshold" in names_by_asset["ingest_parse"]
 
 
+@pytest.mark.slow
+def test_dg_check_defs_passes_without_the_venv_on_path(dbt_manifest) -> None:
+    """`.venv/bin/dg check defs` as a data engineer runs it, nothing activated: dbt is found next to
+    the running Python, not on PATH."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
 def test_dbt_build_args_exclude_unit_tests_and_pass_vars() -> None:
     assert dbt_build_args() == ["build", "--exclude-resource-type", "unit_test", "--indirect-selection", "buildable"]
     args = dbt_build_args(full_refresh=True, dbt_vars={"rollup_since": "2026-01-01T00:00:00+00:00"})
@@ -102,11 +120,13 @@ def test_dagster_postgres_url_keeps_the_socket_and_sets_the_schema() -> None:
 
 def test_dagster_instance_on_postgres_stores_events(fresh_db, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The instance `make up` runs (orchestration/instance/dagster.yaml) on the platform's PostgreSQL:
-    an asset event goes through the event log storage (its NOTIFY included) and reads back."""
+    an asset event goes through the event log storage (its NOTIFY included) and reads back. No
+    telemetry, and no newsletter modal over the first page (nux)."""
     home = prepare_dagster_home(tmp_path)
     ensure_schema(fresh_db.url)
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", dagster_postgres_url(fresh_db.url))
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert not instance.nux_enabled and not instance.telemetry_enabled
         instance.report_runless_asset_event(dg.AssetMaterialization("storage_smoke"))
         event = instance.get_latest_materialization_event(dg.AssetKey("storage_smoke"))
         assert event is not None and event.asset_materialization is not None
