@@ -14,6 +14,8 @@ from typing import Any
 
 import orjson
 
+from ingest_service.ingest.reasons import Reason, Refusal
+
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/ndjson", "application/json-seq")
 SUPPORTED_ENCODINGS = ("identity", "gzip", "x-gzip")
 UNPARSED = object()
@@ -54,7 +56,9 @@ def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
     if encoding in ("", "identity"):
         return body
     if encoding not in SUPPORTED_ENCODINGS:
-        raise BodyRejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
+        raise BodyRejected(
+            415, Refusal.UNSUPPORTED_ENCODING, f"Content-Encoding {encoding!r} is not supported; use gzip"
+        )
     chunks: list[bytes] = []
     size, data = 0, body
     try:
@@ -66,11 +70,11 @@ def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
                 break
             data = inflater.unused_data
     except zlib.error as exc:
-        raise BodyRejected(400, "invalid_gzip", f"body is not valid gzip: {exc}") from exc
+        raise BodyRejected(400, Refusal.INVALID_GZIP, f"body is not valid gzip: {exc}") from exc
     if size > max_inflated or inflater.unconsumed_tail:
-        raise BodyRejected(413, "inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
+        raise BodyRejected(413, Refusal.INFLATED_TOO_LARGE, f"gzip body inflates beyond the {max_inflated}-byte limit")
     if body and not inflater.eof:
-        raise BodyRejected(400, "invalid_gzip", "body is not valid gzip: the stream is truncated")
+        raise BodyRejected(400, Refusal.INVALID_GZIP, "body is not valid gzip: the stream is truncated")
     return b"".join(chunks)
 
 
@@ -124,13 +128,13 @@ def _has_non_finite(value: Any) -> bool:
 def _item_from_bytes(data: bytes) -> BodyItem:
     if not data.strip():
         text, raw = _text_or_bytes(data)
-        return BodyItem(None, text, raw, UNPARSED, ("empty_body", "the body (or line) is empty"))
+        return BodyItem(None, text, raw, UNPARSED, (Reason.EMPTY_BODY, "the body (or line) is empty"))
     try:
         parsed = _loads(data)
     except (ValueError, RecursionError) as exc:
         text, raw = _text_or_bytes(data)
         detail = f"not valid JSON: {str(exc)[:200]}"
-        return BodyItem(None, text, raw, UNPARSED, ("invalid_json", detail))
+        return BodyItem(None, text, raw, UNPARSED, (Reason.INVALID_JSON, detail))
     payload = _json_text(parsed)
     if payload is None:
         text, raw = _text_or_bytes(data)
@@ -151,7 +155,7 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
     if media_type in NDJSON_TYPES:
         lines = [line for line in body.split(b"\n") if line.strip()]
         if len(lines) > max_items:
-            raise BodyRejected(413, "too_many_items", f"{len(lines)} items exceed the {max_items}-item limit")
+            raise BodyRejected(413, Refusal.TOO_MANY_ITEMS, f"{len(lines)} items exceed the {max_items}-item limit")
         if not lines:
             return False, [_item_from_bytes(body)]
         return True, [_item_from_bytes(line) for line in lines]
@@ -159,14 +163,16 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
     item = _item_from_bytes(body)
     if isinstance(item.parsed, list):
         if len(item.parsed) > max_items:
-            raise BodyRejected(413, "too_many_items", f"{len(item.parsed)} items exceed the {max_items}-item limit")
+            raise BodyRejected(
+                413, Refusal.TOO_MANY_ITEMS, f"{len(item.parsed)} items exceed the {max_items}-item limit"
+            )
         if not item.parsed:
-            item.parse_error = ("empty_batch", "the JSON array holds no events")
+            item.parse_error = (Reason.EMPTY_BATCH, "the JSON array holds no events")
             return False, [item]
         try:
             return True, [_item_from_value(value) for value in item.parsed]
         except RecursionError:  # an element nested too deeply to write out on its own: keep the body whole
             text, raw = _text_or_bytes(body)
             detail = "an array element is nested too deeply to store on its own; the body is kept whole"
-            return False, [BodyItem(None, text, raw, UNPARSED, ("invalid_json", detail))]
+            return False, [BodyItem(None, text, raw, UNPARSED, (Reason.INVALID_JSON, detail))]
     return False, [item]

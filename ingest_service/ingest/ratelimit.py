@@ -6,7 +6,9 @@ from __future__ import annotations
 import time
 from collections import deque
 
-FAILURE_REASONS = frozenset({"invalid_token", "stale_startup"})
+from ingest_service.ingest.reasons import Reason
+
+FAILURE_REASONS = frozenset({Reason.INVALID_TOKEN, Reason.STALE_STARTUP})
 
 
 class FailedStartupLimiter:

@@ -23,6 +23,7 @@ from ingest_service.core.observability import METRICS
 from ingest_service.ingest.body import BodyItem
 from ingest_service.ingest.catalog import RecordTypeCatalog
 from ingest_service.ingest.ratelimit import FAILURE_REASONS, FailedStartupLimiter
+from ingest_service.ingest.reasons import Reason
 from ingest_service.ingest.results import ItemResult, PendingItem, RequestMeta
 from ingest_service.ingest.validation import Rejection, Startup, Telemetry, validate
 from ingest_service.ingest.writer import DeviceCache, needs_transaction, write_batch
@@ -146,7 +147,7 @@ class IngestService:
         if wait is not None:
             return Rejection(
                 "rate_limited",
-                "too_many_failed_startups",
+                Reason.TOO_MANY_FAILED_STARTUPS,
                 f"too many failed startups for this serial; retry in {wait:.0f} s",
                 "device_startup",
             )
@@ -292,7 +293,7 @@ class IngestService:
         for item in items:
             body = item.body
             text = body.payload if body.payload is not None else body.body_text
-            rejection = Rejection("error", "internal_error", "the item could not be stored as sent; kept as text")
+            rejection = Rejection("error", Reason.INTERNAL_ERROR, "the item could not be stored as sent; kept as text")
             fallback.append(
                 PendingItem(item.meta, item.batch_index, BodyItem(None, text, body.body_bytes, None), rejection)
             )

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from ingest_service.ingest.reasons import Reason
 from ingest_service.ingest.results import ItemResult, PendingItem
 from ingest_service.ingest.validation import LEGACY_DEVICE_ID_MAX, Rejection, Startup, Telemetry
 
@@ -76,7 +77,7 @@ class DeviceCache:
         self.touched.clear()
 
 
-LOST_FACT = Rejection("error", "internal_error", "fact neither stored nor found as duplicate")
+LOST_FACT = Rejection("error", Reason.INTERNAL_ERROR, "fact neither stored nor found as duplicate")
 
 
 def _unseen_provisioned(outcome: object, cache: DeviceCache) -> bool:
@@ -134,7 +135,7 @@ async def _resolve_startups(
             if owner is not None and owner != s.device_id:
                 decided[pos] = Rejection(
                     "invalid",
-                    "serial_conflict",
+                    Reason.SERIAL_CONFLICT,
                     f"serial {s.serial} already belongs to device {owner}",
                     "device_startup",
                     s.device_id,
@@ -143,7 +144,7 @@ async def _resolve_startups(
             if current is not None and current != s.serial:
                 decided[pos] = Rejection(
                     "invalid",
-                    "device_conflict",
+                    Reason.DEVICE_CONFLICT,
                     f"device {s.device_id} is provisioned with another serial",
                     "device_startup",
                     s.device_id,
@@ -184,7 +185,7 @@ async def write_batch(
             if type(o) is Telemetry and o.device_id in missing:
                 outcomes[pos] = Rejection(
                     "invalid",
-                    "unknown_device",
+                    Reason.UNKNOWN_DEVICE,
                     f"device {o.device_id} was never provisioned",
                     None,
                     o.device_id,

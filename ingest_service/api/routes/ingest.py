@@ -16,6 +16,7 @@ from ingest_service.core.config import Settings
 from ingest_service.core.logging import new_request_id, request_id_var
 from ingest_service.core.observability import METRICS
 from ingest_service.ingest.body import BodyRejected, inflate, split_items
+from ingest_service.ingest.reasons import Refusal
 from ingest_service.ingest.results import SINGLE_ITEM_HTTP_STATUS, RequestMeta
 from ingest_service.ingest.service import DatabaseUnavailable, IngestService
 
@@ -66,12 +67,12 @@ def _request_id() -> str:
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise BodyRejected(413, "body_too_large", f"body of {declared} bytes exceeds the {limit}-byte limit")
+        raise BodyRejected(413, Refusal.BODY_TOO_LARGE, f"body of {declared} bytes exceeds the {limit}-byte limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyRejected(413, "body_too_large", f"body exceeds the {limit}-byte limit")
+            raise BodyRejected(413, Refusal.BODY_TOO_LARGE, f"body exceeds the {limit}-byte limit")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -110,9 +111,9 @@ async def ingest(request: Request) -> Response:
         response = _refused(exc.status_code, exc.reason, exc.detail, headers)
     except DatabaseUnavailable as exc:
         headers["Retry-After"] = str(settings.retry_after_seconds)
-        response = _refused(503, "database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers)
+        response = _refused(503, Refusal.DATABASE_UNAVAILABLE, f"nothing was stored, retry later: {exc}"[:300], headers)
     except ClientDisconnect:
-        response = _refused(400, "client_disconnected", "the client closed the connection mid-body", headers)
+        response = _refused(400, Refusal.CLIENT_DISCONNECTED, "the client closed the connection mid-body", headers)
     METRICS.count_request(response.status_code)
     METRICS.latency.observe(time.perf_counter() - started)
     return response
