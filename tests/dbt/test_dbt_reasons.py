@@ -115,6 +115,8 @@ def test_an_unknown_reason_fails_the_relationship_test(fresh_db: DatabaseTarget,
             "insert into ingest.ingest_error (raw_record_id, reason, detail) values (%s, 'made_up_reason', 'x')",
             (raw_id,),
         )
-    name = "source_relationships_ingest_ingest_error_reason__reason__source_ingest_ingest_error_reason_"
-    result = run_dbt(fresh_db, ["test", "--select", name], tmp_path, check=False)
-    assert result.returncode == 0 and re.search(r"Done\. PASS=0 WARN=1 ERROR=0", result.stdout), result.stdout[-4000:]
+    models = ["stg_ingest__ingest_errors", "stg_ingest__ingest_error_reasons"]
+    result = run_dbt(fresh_db, ["build", "--select", *models], tmp_path, check=False)
+    assert result.returncode == 0 and re.search(r"Done\. PASS=\d+ WARN=1 ERROR=0", result.stdout), result.stdout[-4000:]
+    warned = re.findall(r"WARN \d+ (\w+) ", result.stdout)
+    assert warned == ["relationships_stg_ingest__ingest_errors_reason__reason__ref_stg_ingest__ingest_error_reasons_"]
