@@ -91,6 +91,20 @@ METRICS: tuple[Metric, ...] = (
         time_column="report_date",
     ),
     Metric(
+        "fct_rollout_key_figures",
+        "Rollout key figures",
+        "One row, every figure from one watermark (data_as_of): the new format's device and reading share and "
+        "the device states of that UTC day, the day's error rates, side switches all time and in the last hour.",
+        _cols(
+            f"data_as_of:{TS}, report_date:date, new_format_device_share:{DP}, new_format_reading_share:{DP}, "
+            "extension_devices:bigint, extension_readings:bigint, legacy_only_devices:bigint, "
+            f"new_only_devices:bigint, migrated_devices:bigint, ingest_error_rate:{DP}, "
+            f"ingest_error_rate_legacy:{DP}, ingest_error_rate_new:{DP}, ingest_error_rate_common:{DP}, "
+            "side_switches_total:bigint, side_switches_last_hour:bigint"
+        ),
+        key=("report_date",),
+    ),
+    Metric(
         "fct_ingest_error_rate_daily",
         "Ingest error rate per day",
         "Per UTC day of receipt, payload format and rejection reason: errors, all errors of the format, "
