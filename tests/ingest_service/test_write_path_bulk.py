@@ -17,6 +17,7 @@ from ingest_service.ingest.validation import validate
 from ingest_service.ingest.writer import DeviceCache, write_batch
 from tests.ingest_service.conftest import make_settings
 from tests.utils.events import startup, telemetry
+from tests.utils.ledger import assert_one_outcome_per_raw_row
 
 
 class CountingConnection:
@@ -94,23 +95,19 @@ def test_mixed_batch_outcomes_in_input_order(fresh_db: DatabaseTarget) -> None:
     assert len(queries) == 2  # find the provisioned device, then everything else in one statement
 
     with psycopg.connect(fresh_db.url) as conn:
+        assert assert_one_outcome_per_raw_row(conn).raw_rows == len(events)  # exactly one outcome each
         rows = conn.execute(
             """
-            select r.id, r.batch_index,
-                   (p.raw_record_id is not null)::int + (d.raw_record_id is not null)::int
-                   + (e.raw_record_id is not null)::int as outcomes,
-                   p.value, e.reason
+            select r.id, r.batch_index, p.value, e.reason
             from ingest.raw_record r
             left join ingest.processed_record p on p.raw_record_id = r.id
-            left join ingest.raw_duplicate d on d.raw_record_id = r.id
             left join ingest.ingest_error e on e.raw_record_id = r.id
             order by r.id
             """
         ).fetchall()
     assert [row[1] for row in rows] == list(range(len(events)))  # ledger in input order
-    assert [row[2] for row in rows] == [1] * len(events)  # exactly one outcome each
     assert [r.raw_id for r in results] == [row[0] for row in rows]
-    assert rows[6][3] == 55.5 and rows[1][4] == "missing_field"
+    assert rows[6][2] == 55.5 and rows[1][3] == "missing_field"
 
 
 def test_binary_parameters_keep_text_bytes_and_unicode(fresh_db: DatabaseTarget) -> None:
