@@ -7,22 +7,22 @@ BIN := $(VENV)/bin
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DEV_MODE ?= 1
+# When `make` was typed: `make up` prints its first-run times (first stored event, first dbt build) from here.
+STARTED_AT := $(shell date +%s.%N)
 
 .PHONY: install up test test-fast lint format bench bench-mqtt dbt-docs clean-data
 
 install: $(VENV)/.synced
 
-$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+# uv is bootstrapped only when the venv must be (re)created: with the venv in place, `make up` starts
+# at once. In a virtual environment of its own: a system Python may refuse a global pip install (PEP 668).
+$(VENV)/.synced: pyproject.toml uv.lock
+	@test -x "$(UV)" || { $(PYTHON) -m venv .tools && .tools/bin/pip install --quiet uv; }
 	$(UV) sync --frozen --python $(PYTHON)
 	@touch $@
 
-# A virtual environment of its own: a system Python may refuse a global pip install (PEP 668).
-.tools/bin/uv:
-	$(PYTHON) -m venv .tools
-	.tools/bin/pip install --quiet uv
-
 up: install
-	$(BIN)/iot-platform up
+	UP_STARTED_AT=$(STARTED_AT) $(BIN)/iot-platform up
 
 # Two workers, a test file each at a time (module fixtures build their database once, tests of a
 # file keep their order).

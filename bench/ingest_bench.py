@@ -52,6 +52,7 @@ from ingest_service.core import migrate
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.runner import default_workers
+from tests.utils.ledger import ledger
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -404,26 +405,8 @@ def run_wrk(
 # verification
 # --------------------------------------------------------------------------------------------- #
 
-COUNTS = """
-select (select count(*) from ingest.raw_record),
-       (select count(*) from ingest.processed_record),
-       (select count(*) from (select distinct device_id, record_type_id, record_time, value
-                              from ingest.processed_record) d),
-       (select count(*) from ingest.raw_duplicate),
-       (select count(*) from ingest.device_startup),
-       (select count(*) from ingest.ingest_error)
-"""
-OUTCOMES = """
-select count(*) filter (where n = 0), count(*) filter (where n > 1)
-from (
-    select (p.raw_record_id is not null)::int + (d.raw_record_id is not null)::int
-         + (s.raw_record_id is not null)::int + (e.raw_record_id is not null)::int as n
-    from ingest.raw_record r
-    left join ingest.processed_record p on p.raw_record_id = r.id
-    left join ingest.raw_duplicate d on d.raw_record_id = r.id
-    left join ingest.device_startup s on s.raw_record_id = r.id
-    left join ingest.ingest_error e on e.raw_record_id = r.id
-) x
+DISTINCT_FACTS = """
+select count(*) from (select distinct device_id, record_type_id, record_time, value from ingest.processed_record) d
 """
 
 
@@ -441,8 +424,11 @@ def replay_first_batch(port: int, state: TimeCursor) -> dict[str, Any]:
 
 def verify(target: DatabaseTarget, state: TimeCursor, replay: dict[str, Any] | None) -> dict[str, Any]:
     with psycopg.connect(target.url) as conn:
-        raw, facts, distinct, dups, startups, errors = conn.execute(COUNTS).fetchone()
-        no_outcome, many_outcomes = conn.execute(OUTCOMES).fetchone()
+        counts = ledger(conn)
+        (distinct,) = conn.execute(DISTINCT_FACTS).fetchone()
+    raw, facts, dups, startups, errors = (
+        counts.raw_rows, counts.facts, counts.duplicates, counts.startups, counts.errors
+    )  # fmt: skip
     expected, slack = state["expected_items"], state["wrk_slack"]
     replayed = replay["sent"] if replay else 0
     checks = {
@@ -452,7 +438,7 @@ def verify(target: DatabaseTarget, state: TimeCursor, replay: dict[str, Any] | N
         "facts == raw rows - replayed": facts == raw - replayed,
         "duplicates == replayed": dups == replayed and (replay is None or replay["duplicate_answers"] == replayed),
         "no errors, no startups": errors == 0 and startups == 0,
-        "each raw row exactly one outcome": no_outcome == 0 and many_outcomes == 0,
+        "each raw row exactly one outcome": counts.balanced,
     }
     return {
         "raw_rows": raw,
@@ -461,8 +447,8 @@ def verify(target: DatabaseTarget, state: TimeCursor, replay: dict[str, Any] | N
         "duplicates": dups,
         "errors": errors,
         "startups": startups,
-        "raw_without_outcome": no_outcome,
-        "raw_with_several_outcomes": many_outcomes,
+        "raw_without_outcome": counts.without_outcome,
+        "raw_with_several_outcomes": counts.several_outcomes,
         "answered_items": expected,
         "in_flight_allowance": slack,
         "copy_rows": state["copy_rows"],

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 
@@ -17,13 +19,8 @@ from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import embedded_data_dir, resolve_target, stop_embedded, tool_environment
 
 PYTHON = sys.executable
-# `up` builds the analytics models once without waiting for the first scheduled run, at a time fixed
-# when it starts, so the API can say when ("not built yet, first build at ...").
-FIRST_BUILD_DELAY_SECONDS = 60.0
-FIRST_BUILD_AT = (
-    "import subprocess, sys, time; time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
-    "sys.exit(subprocess.call(sys.argv[2:]))"
-)
+# When `up` tells the API to expect the first dbt build (it starts once the first event is stored).
+FIRST_BUILD_EXPECTED_AFTER_SECONDS = 15.0
 
 
 def _dev_settings() -> Settings:
@@ -172,9 +169,81 @@ def _drain_publisher(started: list[subprocess.Popen]) -> None:
         pass
 
 
+# `make up` passes the moment it was typed, so the first-run times include everything before this
+# process too (make, the venv check, Python's start).
+STARTED_AT_ENV = "UP_STARTED_AT"
+FIRST_DBT_BUILD = ["dbt", "build", "--exclude-resource-type", "unit_test"]
+
+
+def _say(line: str) -> None:
+    """A line of its own, also when the simulator's live progress line is on the terminal."""
+    print(("\r\x1b[K" if sys.stdout.isatty() else "") + line, flush=True)
+
+
+class FirstRun:
+    """A newcomer's first minutes, timed from `make up`: the first event this run stored, then the
+    first dbt build of the analytics models, started as soon as there is data to build from (not at
+    the first hourly run, up to an hour later), and when it finished. Dagster starts meanwhile;
+    neither waits for the other (measured on 2 busy cores, waiting for one shared dbt parse made
+    the first build later, not sooner)."""
+
+    def __init__(self, started_at: float, target, spawn, log: Path) -> None:
+        self.started_at = started_at
+        self.target = target
+        self.spawn = spawn
+        self.log = log
+        self.first_event_at: float | None = None
+        self.build: subprocess.Popen | None = None
+        self.build_finished_at: float | None = None
+        self._log_offset = 0
+        self._next_probe = 0.0
+
+    def poll(self) -> list[str]:
+        """Advance; returns the lines to print about what happened since the last call."""
+        lines = []
+        if self.first_event_at is None and time.monotonic() >= self._next_probe:
+            self._next_probe = time.monotonic() + 0.5
+            self.first_event_at = self._first_event_stored()
+            if self.first_event_at is not None:
+                lines.append(f"  first event   stored {self.first_event_at - self.started_at:.1f} s after `make up`")
+        if self.first_event_at is not None and self.build is None:
+            self._log_offset = self.log.stat().st_size if self.log.exists() else 0
+            build = [PYTHON, "-m", "ingest_service.cli", *FIRST_DBT_BUILD]
+            self.build = self.spawn(self.log.stem, build, task=True)
+        if self.build is not None and self.build_finished_at is None and self.build.poll() is not None:
+            self.build_finished_at = time.time()
+            outcome = "finished" if self.build.returncode == 0 else f"failed (exit {self.build.returncode})"
+            lines.append(
+                f"  first dbt build {outcome} {self.build_finished_at - self.started_at:.1f} s after `make up`"
+                f" ({self._summary()}; log {self.log})"
+            )
+        return lines
+
+    def _first_event_stored(self) -> float | None:
+        import psycopg
+
+        since = datetime.fromtimestamp(self.started_at, UTC)
+        try:
+            with psycopg.connect(self.target.url, connect_timeout=2) as conn:
+                row = conn.execute(
+                    "select min(ingested_at) from ingest.processed_record where ingested_at >= %s", (since,)
+                ).fetchone()
+        except psycopg.Error:
+            return None
+        return row[0].timestamp() if row and row[0] else None
+
+    def _summary(self) -> str:
+        """dbt's own `Done. PASS=.. WARN=.. ERROR=..` line of this build."""
+        with open(self.log, "rb") as log:
+            log.seek(self._log_offset)
+            found = re.findall(rb"Done\. (PASS=\d+ WARN=\d+ ERROR=\d+ SKIP=\d+)", log.read())
+        return found[-1].decode() if found else "no summary"
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from ingest_service.core import migrate
 
+    started_at = float(os.environ.pop(STARTED_AT_ENV, "") or time.time())
     settings = _dev_settings()
     pg_was_running = (embedded_data_dir(settings) / "postmaster.pid").exists()
     target = resolve_target(settings)
@@ -183,9 +252,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
 
-    started: list[subprocess.Popen] = []
+    services: list[subprocess.Popen] = []  # run until Ctrl-C; one exiting stops `up`
+    tasks: list[subprocess.Popen] = []  # run to completion (the first dbt build, the manifest)
 
-    def spawn(name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(
+        name: str, cmd: list[str], extra_env: dict[str, str] | None = None, *, task: bool = False
+    ) -> subprocess.Popen:
         log_file = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
             cmd,
@@ -195,7 +267,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             stderr=log_file,
             start_new_session=True,
         )
-        started.append(proc)
+        (tasks if task else services).append(proc)
         return proc
 
     api_url = f"http://127.0.0.1:{args.port}"
@@ -207,45 +279,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     try:
-        first_build_at = time.time() + FIRST_BUILD_DELAY_SECONDS
-        due = {"ANALYTICS_FIRST_BUILD_AT": datetime.fromtimestamp(first_build_at, UTC).isoformat()}
+        # The first dbt build starts once the first event is stored, seconds after the API answers:
+        # the API tells analytics clients when to expect it ("not built yet, first build at ...").
+        due = datetime.fromtimestamp(time.time() + FIRST_BUILD_EXPECTED_AFTER_SECONDS, UTC).isoformat()
         serve = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"]
-        api = spawn("api", serve, due)
+        api = spawn("api", serve, {"ANALYTICS_FIRST_BUILD_AT": due})
         wait_ready(api_url + "/readyz", process=api)
         doors = _start_doors(settings, api_url, spawn)
-        extras = _extra_services(args, env, spawn)
-        first_build = spawn(
-            "dbt-first-build",
-            [
-                PYTHON,
-                "-c",
-                FIRST_BUILD_AT,
-                str(first_build_at),
-                PYTHON,
-                "-m",
-                "ingest_service.cli",
-                "dbt",
-                "build",
-                "--exclude-resource-type",
-                "unit_test",
-            ],
-        )
-        where = f"embedded PostgreSQL 16, data in {embedded_data_dir(settings)}" if target.embedded else "DATABASE_URL"
-        print(
-            f"\nIoT platform is up\n"
-            f"  database      {where}\n"
-            f"                {target.url}\n"
-            f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
-            f"  doors         {doors}\n"
-            f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
-            f"  logs          {logs}/   (first dbt build of the analytics models at "
-            f"{datetime.fromtimestamp(first_build_at, UTC):%H:%M:%S} UTC: dbt-first-build.log)\n"
-            + "".join(line + "\n" for line in extras)
-            + f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
-            f"{args.new_firmware_share:.0%} on the new mm firmware\n"
-            f"Ctrl-C stops everything; the data stays for the next `make up`.\n",
-            flush=True,
-        )
+        # The simulator streams as soon as the API answers: nothing of it waits for Dagster.
         generator, pipe = publisher_pipeline(
             api_url + "/ingest",
             _generator_args(args),
@@ -261,10 +302,29 @@ def cmd_up(args: argparse.Namespace) -> int:
             env=env,
             own_session=True,
         )
-        started += [generator, pipe]
-        services = [p for p in started if p is not first_build]
+        services.extend([generator, pipe])
+        first_run = FirstRun(started_at, target, spawn, logs / "dbt-first-build.log")
+        dagster = _extra_services(args, env, spawn)
+        where = f"embedded PostgreSQL 16, data in {embedded_data_dir(settings)}" if target.embedded else "DATABASE_URL"
+        print(
+            f"\nIoT platform is up (API ready {time.time() - started_at:.1f} s after `make up`)\n"
+            f"  database      {where}\n"
+            f"                {target.url}\n"
+            f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
+            f"  doors         {doors}\n"
+            f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
+            f"  logs          {logs}/\n"
+            f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
+            f"{args.new_firmware_share:.0%} on the new mm firmware\n"
+            + ("  Dagster       starting (UI and schedule announced below)\n" if dagster else "")
+            + "The first dbt build of the analytics models starts once the first event is stored.\n"
+            "Ctrl-C stops everything; the data stays for the next `make up`.\n",
+            flush=True,
+        )
         while all(p.poll() is None for p in services):
-            time.sleep(0.5)
+            for line in first_run.poll() + (dagster.poll(started_at) if dagster else []):
+                _say(line)
+            time.sleep(0.25)
         failed = [p.args for p in services if p.poll() not in (None, 0)]
         if failed:
             print(f"\nstopped: a process exited: {failed[0]} (see {logs}/)", file=sys.stderr)
@@ -272,13 +332,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     except KeyboardInterrupt:
         print("\nstopping: the simulator first, so the pipe can deliver what it has read...", file=sys.stderr)
-        _drain_publisher(started)
+        _drain_publisher(services)
         return 0
     finally:
         # A second Ctrl-C must not abandon the clean-up half-way and leave processes behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop(started)
+        _stop(services + tasks)
         if target.embedded and not pg_was_running:
             stop_embedded(settings)
 
@@ -298,13 +358,14 @@ def _start_doors(settings: Settings, api_url: str, spawn) -> str:
     return f"HTTP {api_url}/ingest; MQTT {broker} {prefix}/+/telemetry, {prefix}/+/startup (log: mqtt.log)"
 
 
-def _extra_services(args: argparse.Namespace, env: dict[str, str], spawn) -> list[str]:
-    """Services other parts of the platform add to `up` (Dagster, when installed)."""
+def _extra_services(args: argparse.Namespace, env: dict[str, str], spawn):
+    """Services other parts of the platform add to `up` (Dagster, when installed): an object whose
+    poll(started_at) advances their start and returns lines to print."""
     try:
-        from orchestration.lib.launch import start_dagster
+        from orchestration.lib.launch import DagsterStartup
     except ImportError:
-        return []
-    return start_dagster(args, env, spawn)
+        return None
+    return DagsterStartup(args, env, spawn)
 
 
 def _add_simulator_options(parser: argparse.ArgumentParser) -> None:

@@ -3,19 +3,52 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget
 from tests.utils.db import build_template, create_fresh_database, drop_database, server_target
+from tests.utils.embedded import EmbeddedServerLease
 
 os.environ.setdefault("DEV_MODE", "1")
-# dagster-dbt and the end-to-end tests start `dbt`/`iot-platform` from the project's venv.
-_venv_bin = str(Path(__file__).resolve().parents[1] / ".venv" / "bin")
-if _venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
-    os.environ["PATH"] = _venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+_EMBEDDED_LEASE = pytest.StashKey[EmbeddedServerLease]()
+_SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # pytest then ends the run as on Ctrl-C: sessionfinish, unconfigure
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The run's embedded PostgreSQL: held by the controller (or the only process) from here to
+    pytest_unconfigure, so it is stopped once, after the last xdist worker, when this run started
+    it; also on Ctrl-C, SIGTERM, SIGHUP and failures (tests/utils/embedded.py)."""
+    if hasattr(config, "workerinput") or os.environ.get("DATABASE_URL"):
+        return
+    if config.getoption("collectonly", False) or config.getoption("help", False):
+        return
+    lease = EmbeddedServerLease(Settings(dev_mode=True))
+    lease.acquire()
+    config.stash[_EMBEDDED_LEASE] = lease
+    if threading.current_thread() is threading.main_thread():
+        for signum in _SHUTDOWN_SIGNALS:
+            signal.signal(signum, _interrupt)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    lease = config.stash.get(_EMBEDDED_LEASE, None)
+    if lease is None:
+        return
+    if threading.current_thread() is threading.main_thread():
+        # A second Ctrl-C or SIGTERM must not abandon the stop half-way.
+        for signum in (signal.SIGINT, *_SHUTDOWN_SIGNALS):
+            signal.signal(signum, signal.SIG_IGN)
+    lease.release()
 
 
 @pytest.fixture(scope="session")

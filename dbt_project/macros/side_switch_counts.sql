@@ -1,17 +1,18 @@
 {#
     The CTEs `devices`, `sides`, `switches` and `final` that count left<->right sign switches per
     device over the readings CTE named `readings` (zero readings ignored; each device's first
-    non-zero reading has no previous side). Shared by the all-time and the last-hour metric.
+    non-zero reading has no previous side). Shared by the all-time and the last-hour metrics and the
+    key figures; `prefix` names the CTEs apart when one model counts over two reading sets.
 #}
-{% macro side_switch_counts(readings, extra_columns='') %}
+{% macro side_switch_counts(readings, extra_columns='', prefix='') %}
 
-devices as (
+{{ prefix }}devices as (
 
     select distinct device_id from {{ readings }}
 
 ),
 
-sides as (
+{{ prefix }}sides as (
 
     select
         device_id,
@@ -25,30 +26,30 @@ sides as (
 
 ),
 
-switches as (
+{{ prefix }}switches as (
 
     select
         device_id,
         count(*) filter (where previous_side = -1 and side = 1) as left_to_right,
         count(*) filter (where previous_side = 1 and side = -1) as right_to_left
 
-    from sides
+    from {{ prefix }}sides
     group by device_id
 
 ),
 
-final as (
+{{ prefix }}final as (
 
     select
-        devices.device_id,
-        coalesce(switches.left_to_right, 0) as left_to_right,
-        coalesce(switches.right_to_left, 0) as right_to_left,
-        coalesce(switches.left_to_right + switches.right_to_left, 0) as total_side_switches
+        {{ prefix }}devices.device_id,
+        coalesce({{ prefix }}switches.left_to_right, 0) as left_to_right,
+        coalesce({{ prefix }}switches.right_to_left, 0) as right_to_left,
+        coalesce({{ prefix }}switches.left_to_right + {{ prefix }}switches.right_to_left, 0) as total_side_switches
         {{- extra_columns }}
 
-    from devices
-    left join switches
-        on devices.device_id = switches.device_id
+    from {{ prefix }}devices
+    left join {{ prefix }}switches
+        on {{ prefix }}devices.device_id = {{ prefix }}switches.device_id
 
 )
 

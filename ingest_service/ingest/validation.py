@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest_service.ingest.catalog import RecordTypeCatalog
+from ingest_service.ingest.reasons import Reason
 
 EPOCH_2000 = 946_684_800.0
 LEGACY_DEVICE_ID_MAX = 2**31 - 1
@@ -86,16 +87,18 @@ def _safe_label(value: Any) -> str | None:
 
 def _check_timestamp(value: Any, now: float, max_skew: float) -> Rejection | float:
     if not _is_number(value):
-        return Rejection("invalid", "wrong_type", f"timestamp must be epoch seconds (a number), got {_describe(value)}")
+        return Rejection(
+            "invalid", Reason.WRONG_TYPE, f"timestamp must be epoch seconds (a number), got {_describe(value)}"
+        )
     ts = _as_float(value)
     if not math.isfinite(ts):
-        return Rejection("invalid", "invalid_timestamp", "timestamp must be a finite number")
+        return Rejection("invalid", Reason.INVALID_TIMESTAMP, "timestamp must be a finite number")
     if ts < EPOCH_2000:
-        return Rejection("invalid", "timestamp_too_old", f"timestamp {ts} is before 2000-01-01")
+        return Rejection("invalid", Reason.TIMESTAMP_TOO_OLD, f"timestamp {ts} is before 2000-01-01")
     if ts > now + max_skew:
         return Rejection(
             "invalid",
-            "timestamp_in_future",
+            Reason.TIMESTAMP_IN_FUTURE,
             f"timestamp {ts} is more than {max_skew:g} s ahead of the server clock",
         )
     return ts
@@ -103,9 +106,9 @@ def _check_timestamp(value: Any, now: float, max_skew: float) -> Rejection | flo
 
 def _device_id(value: Any) -> Rejection | int:
     if not isinstance(value, int) or isinstance(value, bool):
-        return Rejection("invalid", "wrong_type", f"device_id must be an integer, got {_describe(value)}")
+        return Rejection("invalid", Reason.WRONG_TYPE, f"device_id must be an integer, got {_describe(value)}")
     if not 1 <= value <= DEVICE_ID_MAX:
-        return Rejection("invalid", "device_id_out_of_range", f"device_id {_describe(value)} is outside 1..2^63-1")
+        return Rejection("invalid", Reason.DEVICE_ID_OUT_OF_RANGE, f"device_id {_describe(value)} is outside 1..2^63-1")
     return value
 
 
@@ -139,24 +142,26 @@ def _validate_telemetry_checked(
     label = _safe_label(event_type)
     missing = [name for name in TELEMETRY_FIELDS if event.get(name) is None]
     if missing:
-        return Rejection("invalid", "missing_field", f"missing required field(s): {', '.join(missing)}", label)
+        return Rejection("invalid", Reason.MISSING_FIELD, f"missing required field(s): {', '.join(missing)}", label)
     if not isinstance(event_type, str):
-        return Rejection("invalid", "wrong_type", f"event_type must be a string, got {_describe(event_type)}")
+        return Rejection("invalid", Reason.WRONG_TYPE, f"event_type must be a string, got {_describe(event_type)}")
     record_type = catalog.get(event_type)
     if record_type is None:
-        return Rejection("invalid", "unknown_event_type", f"unknown event_type {_describe(event_type)}", label)
+        return Rejection("invalid", Reason.UNKNOWN_EVENT_TYPE, f"unknown event_type {_describe(event_type)}", label)
 
     device_id = _device_id(event["device_id"])
     if isinstance(device_id, Rejection):
         return Rejection(device_id.status, device_id.reason, device_id.detail, label)
     value = event["value"]
     if not _is_number(value):
-        return Rejection("invalid", "wrong_type", f"value must be a number, got {_describe(value)}", label, device_id)
+        return Rejection(
+            "invalid", Reason.WRONG_TYPE, f"value must be a number, got {_describe(value)}", label, device_id
+        )
     value = _as_float(value)
     if not math.isfinite(value) or not record_type.min_value <= value <= record_type.max_value:
         return Rejection(
             "invalid",
-            "value_out_of_range",
+            Reason.VALUE_OUT_OF_RANGE,
             f"{event_type} value {value:g} is outside {record_type.min_value:g}..{record_type.max_value:g}"
             f" {record_type.unit}",
             label,
@@ -171,12 +176,12 @@ def _validate_telemetry_checked(
 def validate_startup(event: dict[str, Any], secret: str, now: float, max_skew: float, replay_window: float) -> Outcome:
     missing = [name for name in ("serial", "provision_token", "timestamp") if event.get(name) is None]
     if missing:
-        return Rejection("invalid", "missing_field", f"missing required field(s): {', '.join(missing)}", STARTUP)
+        return Rejection("invalid", Reason.MISSING_FIELD, f"missing required field(s): {', '.join(missing)}", STARTUP)
     serial, token = event["serial"], event["provision_token"]
     if not isinstance(serial, str) or not SERIAL_PATTERN.fullmatch(serial):
         return Rejection(
             "invalid",
-            "invalid_serial",
+            Reason.INVALID_SERIAL,
             "serial must be 1-64 characters of letters, digits and . _ : -",
             STARTUP,
         )
@@ -184,7 +189,7 @@ def validate_startup(event: dict[str, Any], secret: str, now: float, max_skew: f
     if firmware is not None and (not isinstance(firmware, str) or not FIRMWARE_PATTERN.fullmatch(firmware)):
         return Rejection(
             "invalid",
-            "wrong_type",
+            Reason.WRONG_TYPE,
             "firmware must be 1-64 characters of letters, digits and . _ + -",
             STARTUP,
         )
@@ -196,7 +201,7 @@ def validate_startup(event: dict[str, Any], secret: str, now: float, max_skew: f
         if device_id > LEGACY_DEVICE_ID_MAX:
             return Rejection(
                 "invalid",
-                "device_id_out_of_range",
+                Reason.DEVICE_ID_OUT_OF_RANGE,
                 "only a legacy device id (1..2^31-1) may be named by a startup; provisioned ids are assigned",
                 STARTUP,
                 device_id,
@@ -210,12 +215,12 @@ def validate_startup(event: dict[str, Any], secret: str, now: float, max_skew: f
         provision_token(secret, serial).encode(), token.lower().encode("utf-8", "replace")
     ):
         return Rejection(
-            "unauthorized", "invalid_token", "provision_token does not match the serial", STARTUP, device_id
+            "unauthorized", Reason.INVALID_TOKEN, "provision_token does not match the serial", STARTUP, device_id
         )
     if ts < now - replay_window:
         return Rejection(
             "unauthorized",
-            "stale_startup",
+            Reason.STALE_STARTUP,
             f"startup timestamp is older than the {replay_window:g} s replay window",
             STARTUP,
             device_id,
@@ -234,7 +239,7 @@ def validate(
 ) -> Outcome:
     if not isinstance(event, dict):
         kind = "array" if isinstance(event, list) else type(event).__name__
-        return Rejection("invalid", "not_an_object", f"each event must be a JSON object, got {kind}")
+        return Rejection("invalid", Reason.NOT_AN_OBJECT, f"each event must be a JSON object, got {kind}")
     if event.get("event_type") == STARTUP:
         return validate_startup(event, secret, now, max_skew, replay_window)
     return validate_telemetry(event, catalog, now, max_skew)

@@ -40,12 +40,13 @@ from ingest_service.ingest import (
     ItemResult,
     parse,
 )
+from ingest_service.ingest.reasons import Reason
 from ingest_service.mqtt.topics import Route
 
 __all__ = ["DatabaseUnavailable", "MqttDoor", "Reply", "message_key", "open_door"]
 
 DOOR = "mqtt"
-TOPIC_MISMATCH = "topic_mismatch"
+TOPIC_MISMATCH = str(Reason.TOPIC_MISMATCH)
 STARTUP = "device_startup"
 
 

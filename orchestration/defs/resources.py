@@ -1,7 +1,7 @@
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from orchestration.defs.dbt.project import dbt_project
+from orchestration.lib.dbt.cli import dbt_cli
 from orchestration.lib.postgres import PostgresResource
 
 
@@ -11,7 +11,7 @@ def resources() -> dg.Definitions:
     # server: dbt through dbt_project/profiles.yml, the Python checks through this resource.
     return dg.Definitions(
         resources={
-            "dbt": DbtCliResource(project_dir=dbt_project),
+            "dbt": dbt_cli(dbt_project),
             "postgres": PostgresResource(
                 host=dg.EnvVar("POSTGRES_HOST"),
                 port=dg.EnvVar.int("POSTGRES_PORT"),

@@ -1,7 +1,8 @@
 """`iot-platform up` hook: start the Dagster webserver and daemon beside the ingest API.
 
-ingest_service.runner.cmd_up calls `start_dagster(args, env, spawn)` once the API is ready; `spawn`
-starts a process in its own session, logs to .data/logs/<name>.log, and `up` stops it on Ctrl-C.
+ingest_service.runner.cmd_up creates `DagsterStartup(args, env, spawn)` once the API is ready and
+the simulator streams, then polls it; `spawn` starts a process in its own session, logs to
+.data/logs/<name>.log, and `up` stops it on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx
 
+from orchestration.lib.dbt.cli import DAGSTER_TARGET_PATH, DBT_PROJECT_DIR
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INSTANCE_TEMPLATE = Path(__file__).resolve().parents[1] / "instance" / "dagster.yaml"
-PROJECT_FILE = REPO_ROOT / "orchestration" / "defs" / "dbt" / "project.py"
-DBT_TARGET_DIR = REPO_ROOT / "dbt_project" / "target" / "dagster"  # DbtProject(target_path=...) in PROJECT_FILE
+DBT_TARGET_DIR = DBT_PROJECT_DIR / DAGSTER_TARGET_PATH
 DAGSTER_SCHEMA = "dagster"
 BIN = Path(sys.executable).parent
 
@@ -55,69 +57,70 @@ def ensure_schema(database_url: str, schema: str = DAGSTER_SCHEMA) -> None:
         conn.execute(sql.SQL("create schema if not exists {}").format(sql.Identifier(schema)))
 
 
-def prepare_manifest(env: Mapping[str, str], log_dir: Path) -> None:
-    """Build dbt_project's manifest for the code location (it is never committed)."""
-    with open(log_dir / "dbt-prepare.log", "ab") as log:
-        subprocess.run(
-            [str(BIN / "dagster-dbt"), "project", "prepare-and-package", "--file", str(PROJECT_FILE)],
-            cwd=REPO_ROOT,
-            env=dict(env),
-            stdout=log,
-            stderr=log,
-            check=True,
+class DagsterStartup:
+    """Start Dagster beside the API without holding anything else up: the dbt manifest is prepared
+    in a process of its own, then the webserver and the daemon start; `up`
+    calls poll() while it runs and prints the lines it returns once the UI answers."""
+
+    def __init__(self, args: argparse.Namespace, env: Mapping[str, str], spawn: Spawn) -> None:
+        from ingest_service.core.config import Settings
+
+        data_dir = Settings(dev_mode=True).data_dir
+        self.home = prepare_dagster_home(data_dir)
+        database_url = env["DATABASE_URL"]
+        ensure_schema(database_url)
+        self.extra_env = {
+            "DAGSTER_HOME": str(self.home),
+            "DAGSTER_POSTGRES_URL": dagster_postgres_url(database_url),
+            # Each dbt invocation gets a folder under here and starts from the partial_parse.msgpack
+            # the manifest preparation left here: a full parse costs tens of seconds per step otherwise.
+            "DBT_TARGET_PATH": str(DBT_TARGET_DIR),
+        }
+        self.spawn = spawn
+        self.url = f"http://127.0.0.1:{args.dagster_port}"
+        self.port = args.dagster_port
+        # The manifest the code location loads (it is never committed): orchestration/lib/dbt/cli.py.
+        self.prepare = spawn(
+            "dbt-prepare", [sys.executable, "-m", "orchestration.lib.dbt.cli"], self.extra_env, task=True
         )
+        self.webserver: subprocess.Popen | None = None
+        self.announced = False
+        self._next_probe = 0.0
 
+    def _manifest_prepared(self) -> bool:
+        code = self.prepare.poll()
+        if code is not None and code != 0:
+            raise RuntimeError(f"preparing the dbt manifest failed (exit {code}, see dbt-prepare.log)")
+        return code == 0
 
-def _wait_for_webserver(url: str, process: subprocess.Popen, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"dagster-webserver exited with {process.returncode} (see its log)")
+    def poll(self, started_at: float) -> list[str]:
+        if self.webserver is None:
+            if not self._manifest_prepared():
+                return []
+            workspace = str(REPO_ROOT / "workspace.yaml")
+            self.webserver = self.spawn(
+                "dagster-webserver",
+                [str(BIN / "dagster-webserver"), "-w", workspace, "-p", str(self.port), "-h", "127.0.0.1"],
+                self.extra_env,
+            )
+            self.spawn("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], self.extra_env)
+            return []
+        if self.announced or time.monotonic() < self._next_probe:
+            return []
+        self._next_probe = time.monotonic() + 1.0
+        if self.webserver.poll() is not None:
+            raise RuntimeError(f"dagster-webserver exited with {self.webserver.returncode} (see its log)")
         try:
-            if httpx.get(url + "/server_info", timeout=2.0).status_code == 200:
-                return True
+            if httpx.get(self.url + "/server_info", timeout=1.0).status_code != 200:
+                return []
         except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    return False
-
-
-def start_dagster(args: argparse.Namespace, env: Mapping[str, str], spawn: Spawn) -> list[str]:
-    """Start `dagster-webserver` and `dagster-daemon`; return the lines `up` prints about them."""
-    from ingest_service.core.config import Settings
-
-    data_dir = Settings(dev_mode=True).data_dir
-    log_dir = data_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    home = prepare_dagster_home(data_dir)
-    database_url = env["DATABASE_URL"]
-    ensure_schema(database_url)
-
-    extra_env = {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": dagster_postgres_url(database_url),
-        # DbtCliResource needs `dbt` on PATH, and the run workers inherit this environment.
-        "PATH": str(BIN) + os.pathsep + env.get("PATH", os.environ.get("PATH", "")),
-        # Each dbt invocation gets a folder under here and starts from the partial_parse.msgpack the
-        # manifest preparation left here: a full parse costs tens of seconds per step otherwise.
-        "DBT_TARGET_PATH": str(DBT_TARGET_DIR),
-    }
-    prepare_manifest({**env, **extra_env}, log_dir)
-
-    port = args.dagster_port
-    url = f"http://127.0.0.1:{port}"
-    workspace = str(REPO_ROOT / "workspace.yaml")
-    webserver = spawn(
-        "dagster-webserver",
-        [str(BIN / "dagster-webserver"), "-w", workspace, "-p", str(port), "-h", "127.0.0.1"],
-        extra_env,
-    )
-    spawn("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", workspace], extra_env)
-    ready = _wait_for_webserver(url, webserver, timeout=120)
-    cron = os.getenv("ANALYTICS_HOURLY_CRON", "5 * * * *")
-    return [
-        f"  Dagster UI    {url}  (asset graph: {url}/asset-groups, schedules: {url}/automation)"
-        + ("" if ready else "  [still starting]"),
-        f"  Dagster       webserver + daemon, home {home}, runs/events/schedules in PostgreSQL schema "
-        f"`{DAGSTER_SCHEMA}`; analytics_hourly_schedule runs at cron '{cron}' (UTC)",
-    ]
+            return []
+        self.announced = True
+        cron = os.getenv("ANALYTICS_HOURLY_CRON", "5 * * * *")
+        url = self.url
+        return [
+            f"  Dagster UI    {url}  ready {time.time() - started_at:.1f} s after `make up`"
+            f"  (asset graph: {url}/asset-groups, schedules: {url}/automation)",
+            f"  Dagster       webserver + daemon, home {self.home}, runs/events/schedules in PostgreSQL schema "
+            f"`{DAGSTER_SCHEMA}`; analytics_hourly_schedule runs at cron '{cron}' (UTC)",
+        ]

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+from psycopg.abc import Query
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
@@ -43,11 +44,11 @@ class PostgresResource(dg.ConfigurableResource):
             conn.execute("set default_transaction_read_only = on")
             yield conn
 
-    def fetch_all(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def fetch_all(self, query: Query, params: Sequence[Any] | dict[str, Any] | None = None) -> list[dict[str, Any]]:
         with self.connect() as conn:
             return conn.execute(query, params).fetchall()
 
-    def fetch_one(self, query: str, params: Sequence[Any] | dict[str, Any] | None = None) -> dict[str, Any]:
+    def fetch_one(self, query: Query, params: Sequence[Any] | dict[str, Any] | None = None) -> dict[str, Any]:
         with self.connect() as conn:
             row = conn.execute(query, params).fetchone()
         assert row is not None, "query returned no row"

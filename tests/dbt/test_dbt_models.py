@@ -94,6 +94,65 @@ def test_incremental_rollup_merges_a_late_hour(
     assert "assert_rollup_counts_match_facts" in ran
 
 
+# --- the key figures come from one watermark -------------------------------------------------
+
+KEY_FIGURES = "select * from analytics.fct_rollout_key_figures"
+
+
+def _key_figures(target: DatabaseTarget) -> dict[str, Any]:
+    with psycopg.connect(target.url) as conn:
+        cur = conn.execute(KEY_FIGURES)
+        rows = cur.fetchall()
+        assert len(rows) == 1, rows
+        return dict(zip([c.name for c in cur.description or ()], rows[0], strict=True))
+
+
+def test_key_figures_count_only_facts_up_to_the_rollups_watermark(
+    built_db: DatabaseTarget, scenario: Scenario, dbt_dir: Path, as_of_vars: dict[str, Any]
+) -> None:
+    """Facts that arrive after the rollup was built change no key figure until the rollup has them:
+    the last hour's side switches can never run ahead of the all-time count (they did when the two
+    tables were built seconds apart while data streamed in)."""
+    key_figures = ["build", "--select", "fct_rollout_key_figures"]
+    result = run_dbt(built_db, key_figures, dbt_dir, vars=as_of_vars, check=False)  # up to the rollup as it is
+    assert result.returncode == 0, result.stdout[-4000:]
+    before = _key_figures(built_db)
+    (watermark,) = query(built_db, "select max(last_ingested_at) from analytics.fct_readings_hourly")[0]
+    assert before["data_as_of"] == watermark
+    assert 0 < before["side_switches_last_hour"] <= before["side_switches_total"]
+    # The upgraded device switches sides four more times (5, -5, 5, -5 between its last scenario
+    # reading and the later one the rollup test added), observed and ingested now: after the watermark.
+    device, now = scenario.upgraded_device, datetime.now(UTC).timestamp()
+    with psycopg.connect(built_db.url) as conn:
+        for k, value in enumerate((5.0, -5.0, 5.0, -5.0)):
+            ts = now - 60 + k
+            raw = insert_raw(conn, {"device_id": device, "event_type": MM, "value": value, "timestamp": ts})
+            insert_fact(conn, raw, device, MM, ts, value)
+        conn.commit()
+    result = run_dbt(built_db, key_figures, dbt_dir, vars=as_of_vars, check=False)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert _key_figures(built_db) == before  # the rollup has not seen them: no figure moved
+    # Once the rollup has them, the watermark moves and both counts take the four switches.
+    result = run_dbt(built_db, ["build", "--select", "fct_readings_hourly+"], dbt_dir, vars=as_of_vars, check=False)
+    assert result.returncode == 0, result.stdout[-4000:]
+    after = _key_figures(built_db)
+    assert after["data_as_of"] > before["data_as_of"]
+    assert after["side_switches_total"] == before["side_switches_total"] + 4
+    assert after["side_switches_last_hour"] == before["side_switches_last_hour"] + 4
+
+
+def test_key_figures_test_fails_when_the_last_hour_exceeds_all_time(
+    built_db: DatabaseTarget, dbt_dir: Path, as_of_vars: dict[str, Any]
+) -> None:
+    with psycopg.connect(built_db.url) as conn:
+        conn.execute("update analytics.fct_rollout_key_figures set side_switches_last_hour = side_switches_total + 1")
+        conn.commit()
+    result = run_dbt(built_db, ["test", "--select", "fct_rollout_key_figures"], dbt_dir, vars=as_of_vars, check=False)
+    failed = {r["unique_id"].split(".")[-2] for r in _results(dbt_dir) if r["status"] == "fail"}
+    assert result.returncode != 0
+    assert failed == {"not_greater_than_fct_rollout_key_figures_side_switches_last_hour__side_switches_total"}
+
+
 # --- each singular test fails when its invariant is broken -----------------------------------
 # Last in the module: the ledger is append-only, so the breaks cannot be undone. All three are
 # broken first and checked with one `dbt test` (each dbt start costs seconds); the failure

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 from ingest_service.core.database import DatabaseTarget
+from tests.utils.ledger import assert_one_outcome_per_raw_row
 from tests.utils.processes import PROJECT_ROOT, running_api
 
 SECRET = "e2e-provision-secret-of-32-bytes-or-more"
@@ -35,50 +36,28 @@ def publish(url: str, start_time: float) -> tuple[dict, int]:
     return summary, len(lines.splitlines())
 
 
-def ledger(conn: psycopg.Connection) -> dict[str, int]:
-    row = conn.execute(
-        """
-        select (select count(*) from ingest.raw_record),
-               (select count(*) from ingest.processed_record),
-               (select count(*) from ingest.raw_duplicate),
-               (select count(*) from ingest.device_startup),
-               (select count(*) from ingest.ingest_error),
-               (select count(*) from ingest.raw_record r
-                 where (select count(*) from ingest.processed_record p where p.raw_record_id = r.id)
-                     + (select count(*) from ingest.raw_duplicate d where d.raw_record_id = r.id)
-                     + (select count(*) from ingest.device_startup s where s.raw_record_id = r.id)
-                     + (select count(*) from ingest.ingest_error e where e.raw_record_id = r.id) <> 1)
-        """
-    ).fetchone()
-    assert row is not None
-    return dict(zip(["raw", "facts", "duplicates", "startups", "errors", "without_one_outcome"], row, strict=True))
-
-
 @pytest.mark.slow
 def test_generator_through_pipe_into_api_reconciles(fresh_db: DatabaseTarget) -> None:
     start = time.time() - 3600
     with running_api(fresh_db, SECRET) as url, psycopg.connect(fresh_db.url) as conn:
         summary, sent = publish(url, start)
-        first = ledger(conn)
+        first = assert_one_outcome_per_raw_row(conn)
         assert sent == COUNT
         assert summary["sent"] == COUNT and summary["undelivered"] == 0
         # every event sent is in the ledger exactly once, with exactly one outcome
-        assert first["raw"] == COUNT
-        assert first["without_one_outcome"] == 0
-        assert first["facts"] + first["duplicates"] + first["startups"] + first["errors"] == COUNT
-        assert summary["accepted"] == first["facts"] + first["duplicates"] + first["startups"]
-        assert summary["rejected"] == first["errors"]
-        assert first["startups"] > 0  # the rollout upgraded devices with signed startups
+        assert first.raw_rows == first.accounted == COUNT
+        assert summary["accepted"] == first.facts + first.duplicates + first.startups
+        assert summary["rejected"] == first.errors
+        assert first.startups > 0  # the rollout upgraded devices with signed startups
         # ~10% malformed on purpose
-        assert 0.05 * COUNT < first["errors"] < 0.15 * COUNT
+        assert 0.05 * COUNT < first.errors < 0.15 * COUNT
 
         # The same stream again (a re-run of the publisher): a new ledger row per delivery, no new facts.
         publish(url, start)
-        second = ledger(conn)
-        assert second["raw"] == 2 * COUNT
-        assert second["facts"] == first["facts"]
-        assert second["duplicates"] == first["duplicates"] + first["facts"] + first["duplicates"]
-        assert second["without_one_outcome"] == 0
+        second = assert_one_outcome_per_raw_row(conn)
+        assert second.raw_rows == 2 * COUNT
+        assert second.facts == first.facts
+        assert second.duplicates == first.duplicates + first.facts + first.duplicates
         both_formats = conn.execute(
             """select count(*) from (
                  select device_id from ingest.processed_record p join ingest.record_type t on t.id = p.record_type_id

@@ -12,37 +12,14 @@ from fastapi.testclient import TestClient
 
 from tests.ingest_service.conftest import SECRET
 from tests.utils.events import startup, telemetry
+from tests.utils.ledger import assert_one_outcome_per_raw_row, ledger
 
 LEGACY_MAX = 2**31 - 1
 
 
 def counts(db: psycopg.Connection) -> dict[str, int]:
-    row = db.execute(
-        """
-        select (select count(*) from ingest.raw_record), (select count(*) from ingest.processed_record),
-               (select count(*) from ingest.raw_duplicate), (select count(*) from ingest.device_startup),
-               (select count(*) from ingest.ingest_error)
-        """
-    ).fetchone()
-    assert row is not None
-    return dict(zip(["raw", "facts", "duplicates", "startups", "errors"], row, strict=True))
-
-
-def assert_one_outcome_per_raw_row(db: psycopg.Connection) -> None:
-    bad = db.execute(
-        """
-        select r.id, (p.id is not null)::int + (d.raw_record_id is not null)::int
-                    + (s.raw_record_id is not null)::int + (e.raw_record_id is not null)::int as outcomes
-        from ingest.raw_record r
-        left join ingest.processed_record p on p.raw_record_id = r.id
-        left join ingest.raw_duplicate d on d.raw_record_id = r.id
-        left join ingest.device_startup s on s.raw_record_id = r.id
-        left join ingest.ingest_error e on e.raw_record_id = r.id
-        where (p.id is not null)::int + (d.raw_record_id is not null)::int
-              + (s.raw_record_id is not null)::int + (e.raw_record_id is not null)::int <> 1
-        """
-    ).fetchall()
-    assert bad == []
+    c = ledger(db)
+    return {"raw": c.raw_rows, "facts": c.facts, "duplicates": c.duplicates, "startups": c.startups, "errors": c.errors}
 
 
 def test_ingest_single_event_stores_raw_and_fact(client: TestClient, db: psycopg.Connection) -> None:

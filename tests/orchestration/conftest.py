@@ -25,15 +25,10 @@ DAY = 86_400
 @pytest.fixture(scope="session", autouse=True)
 def dbt_manifest() -> Path:
     """dbt_project's manifest, built once per session before any defs module reads it (never committed)."""
-    from filelock import FileLock
-
     from orchestration.defs.dbt.project import dbt_project
+    from orchestration.lib.dbt.cli import prepare
 
-    # Under `pytest -n 2` both workers may get here at once: one writes the manifest, the other waits.
-    lock_file = dbt_project.project_dir / "target" / ".prepare.lock"
-    lock_file.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_file)):
-        dbt_project.preparer.prepare(dbt_project)
+    prepare(dbt_project)  # under `pytest -n 2` both workers may get here at once: they take turns
     return dbt_project.manifest_path
 
 
@@ -137,9 +132,8 @@ def built_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget, tmp_path_fa
     step starts from its partial_parse.msgpack instead of a full parse (the profile differs per test
     database, which defeats the session's manifest preparation).
     """
-    from dagster_dbt import DbtCliResource
-
     from orchestration.defs.dbt.project import dbt_project
+    from orchestration.lib.dbt.cli import dbt_cli
     from tests.utils.db import create_fresh_database, drop_database
 
     target = create_fresh_database(pg_server, prefix="iot_orch")
@@ -150,7 +144,7 @@ def built_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget, tmp_path_fa
         mp.setenv("DBT_TARGET", "dev")
         mp.setenv("DBT_TARGET_PATH", str(dbt_target))
         mp.setenv("DAGSTER_HOME", str(tmp_path_factory.mktemp("dagster_home")))
-        DbtCliResource(project_dir=dbt_project).cli(["parse", "--quiet"], target_path=dbt_target).wait()
+        dbt_cli(dbt_project).cli(["parse", "--quiet"], target_path=dbt_target).wait()
         fill(target)
         yield target
     drop_database(pg_server, target.parts["dbname"])

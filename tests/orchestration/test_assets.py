@@ -6,19 +6,20 @@ bad data, then the backfill.
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import UTC, datetime
 
 import dagster as dg
 import psycopg
 import pytest
-from dagster_dbt import DbtCliResource
 
 from ingest_service.core.database import DatabaseTarget
 from tests.orchestration.conftest import post
 from tests.utils.events import telemetry
 
-PYTHON_CHECKS = {"ledger_accounts_for_every_raw_row", "ingest_error_rate_within_threshold", "facts_are_fresh"}
+PYTHON_CHECKS = {"ingest_error_rate_within_threshold", "source_is_fresh"}
+LEDGER_TEST = "assert_each_raw_record_has_exactly_one_outcome"
 ROLLUP = dg.AssetSelection.assets("fct_readings_hourly")
 
 
@@ -55,8 +56,9 @@ def _postgres():
 
 def _dbt(*args: str) -> None:
     from orchestration.defs.dbt.project import dbt_project
+    from orchestration.lib.dbt.cli import dbt_cli
 
-    DbtCliResource(project_dir=dbt_project).cli([*args, "--exclude-resource-type", "unit_test"]).wait()
+    dbt_cli(dbt_project).cli([*args, "--exclude-resource-type", "unit_test"]).wait()
 
 
 def _today() -> str:
@@ -83,18 +85,35 @@ def _rollup_rows(target: DatabaseTarget) -> list[tuple]:
         ).fetchall()
 
 
-def test_materialize_everything_on_good_data(
-    everything: list, built_db: DatabaseTarget, instance: dg.DagsterInstance
+def _manifest_tests() -> set[str]:
+    from orchestration.defs.dbt.project import dbt_project
+
+    manifest = json.loads(dbt_project.manifest_path.read_text())
+    return {node["name"] for node in manifest["nodes"].values() if node["resource_type"] == "test"}
+
+
+def _hourly_job(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
+    """The scheduled job as its schedule runs it: today's partition, every asset and check."""
+    job = defs.resolve_job_def("analytics_hourly_job")
+    return job.execute_in_process(instance=instance, partition_key=_today(), raise_on_error=False)
+
+
+def test_hourly_job_on_good_data_runs_every_dbt_test_as_a_check(
+    defs: dg.Definitions, built_db: DatabaseTarget, instance: dg.DagsterInstance
 ) -> None:
-    result = dg.materialize(everything, instance=instance, partition_key=_today(), raise_on_error=False)
+    result = _hourly_job(defs, instance)
     assert result.success
-    evaluations = _evaluations(result)
-    assert sorted(name for name, e in evaluations.items() if not e.passed) == []
-    assert PYTHON_CHECKS <= set(evaluations)
-    assert any(name.startswith("source_") for name in evaluations)  # the ingest tables' dbt tests
+    evaluations = result.get_asset_check_evaluations()
+    assert sorted(e.check_name for e in evaluations if not e.passed) == []
+    dbt_tests = _manifest_tests()
+    dbt_evaluations = [e.check_name for e in evaluations if e.check_name not in PYTHON_CHECKS]
+    assert sorted(dbt_evaluations) == sorted(dbt_tests)  # each test once: none skipped, none twice
+    fresh = {e.asset_key.to_user_string() for e in evaluations if e.check_name == "source_is_fresh"}
+    assert fresh == {"ingest/raw_record", "ingest/processed_record"}
+    assert "ingest_error_rate_within_threshold" in {e.check_name for e in evaluations}
 
     materialized = _materialized(result)
-    assert {"fct_readings_hourly", "ingest_parse", "fct_rollout_format_share_daily", "rollout_key_figures"} <= set(
+    assert {"fct_readings_hourly", "ingest_parse", "fct_rollout_key_figures", "rollout_key_figures"} <= set(
         materialized
     )
     # Row counts (`fetch_row_counts`) come from the manifest's relation names, which carry the database
@@ -105,8 +124,13 @@ def test_materialize_everything_on_good_data(
     assert 0 < figures["new_format_reading_share"].value < 1
     assert (figures["legacy_only_devices"].value, figures["new_only_devices"].value) == (3, 3)
     assert figures["migrated_devices"].value == 2
+    assert 0 <= figures["side_switches_last_hour"].value <= figures["side_switches_total"].value
     assert figures["side_switches_total"].value > 0
     assert isinstance(figures["ingest_error_rate"], dg.FloatMetadataValue)
+    assert 0 < figures["ingest_error_rate"].value < 0.35
+    with psycopg.connect(built_db.url) as conn:
+        (watermark,) = conn.execute("select max(last_ingested_at) from analytics.fct_readings_hourly").fetchone()
+    assert figures["data_as_of"].value == watermark.isoformat()
 
 
 def test_partitioned_backfill_of_two_days_equals_a_full_build(
@@ -161,42 +185,43 @@ def test_error_burst_fails_the_error_rate_check(built_db: DatabaseTarget) -> Non
     assert result.metadata["error_rate_legacy"].value < 0.35
 
 
+def test_stale_facts_fail_the_freshness_check(built_db: DatabaseTarget) -> None:
+    """dbt source freshness, surfaced as checks: warn after an hour without facts, error after a day."""
+    from orchestration.defs.dbt.project import dbt_project
+    from orchestration.defs.quality.checks import ingest_sources_are_fresh
+    from orchestration.lib.dbt.cli import dbt_cli
+
+    def freshness() -> dict[str, dg.AssetCheckResult]:
+        results = ingest_sources_are_fresh(dbt=dbt_cli(dbt_project))
+        return {r.asset_key.to_user_string(): r for r in results}
+
+    assert all(r.passed for r in freshness().values())
+    with psycopg.connect(built_db.url, autocommit=True) as conn:
+        conn.execute("update ingest.processed_record set ingested_at = ingested_at - interval '2 hours'")
+        stale = freshness()
+        conn.execute("update ingest.processed_record set ingested_at = ingested_at - interval '1 day'")
+        dead = freshness()
+        conn.execute("update ingest.processed_record set ingested_at = ingested_at + interval '1 day 2 hours'")
+    facts = "ingest/processed_record"
+    assert not stale[facts].passed and stale[facts].severity == dg.AssetCheckSeverity.WARN
+    assert stale[facts].metadata["age_minutes"].value >= 119
+    assert not dead[facts].passed and dead[facts].severity == dg.AssetCheckSeverity.ERROR
+    assert stale["ingest/raw_record"].passed and dead["ingest/raw_record"].passed  # the ledger is still fresh
+
+
 def test_orphan_raw_row_fails_the_ledger_check_and_blocks_the_marts(
-    everything: list, built_db: DatabaseTarget, instance: dg.DagsterInstance
+    defs: dg.Definitions, built_db: DatabaseTarget, instance: dg.DagsterInstance
 ) -> None:
+    """Last: the ledger is append-only, so the orphan stays."""
     with psycopg.connect(built_db.url, autocommit=True) as conn:
         conn.execute("insert into ingest.raw_record (request_id, batch_index, payload) values ('orphan', 0, '{}')")
-    # The whole graph, as the hourly job runs it: only the staging step may run.
-    result = dg.materialize(everything, instance=instance, partition_key=_today(), raise_on_error=False)
-    ledger = _evaluations(result)["ledger_accounts_for_every_raw_row"]
-    assert not ledger.passed
-    assert ledger.metadata["without_outcome"].value == 1
-    assert ledger.metadata["raw_rows"].value == ledger.metadata["accounted"].value + 1
+    # The hourly job: only the staging step may run.
+    result = _hourly_job(defs, instance)
+    ledger = _evaluations(result)[LEDGER_TEST]
+    assert not ledger.passed and ledger.severity == dg.AssetCheckSeverity.ERROR
+    assert ledger.asset_key == dg.AssetKey(["staging", "stg_ingest__raw_records"])
+    assert ledger.metadata["dagster_dbt/failed_row_count"].value == 1
     materialized = set(_materialized(result))
     assert "staging/stg_ingest__raw_records" in materialized
     assert not materialized & {"staging/int_raw_record_outcomes", "ingest_parse", "fct_readings_hourly"}
     assert not materialized & {"fct_rollout_format_share_daily", "rollout_key_figures"}
-
-
-def test_stale_facts_fail_the_freshness_check(built_db: DatabaseTarget) -> None:
-    from orchestration.defs.quality.checks import FactsFreshnessConfig, facts_are_fresh
-
-    assert facts_are_fresh(postgres=_postgres(), config=FactsFreshnessConfig(max_age_minutes=30)).passed
-    with psycopg.connect(built_db.url, autocommit=True) as conn:
-        raw_id = conn.execute(
-            "insert into ingest.raw_record (request_id, batch_index, payload) values ('old', 0, '{}') returning id"
-        ).fetchone()[0]
-        conn.execute(
-            """insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value,
-                                                   ingested_at)
-               values (%s, 1, 1, now() - interval '3 days', 100, now() - interval '3 days')""",
-            (raw_id,),
-        )
-        # Nothing ingested for two hours: every fact is old.
-        conn.execute("update ingest.processed_record set ingested_at = now() - interval '2 hours'")
-    stale = facts_are_fresh(postgres=_postgres(), config=FactsFreshnessConfig(max_age_minutes=30))
-    assert not stale.passed and stale.severity == dg.AssetCheckSeverity.WARN
-    assert stale.metadata["age_minutes"].value >= 119
-    assert facts_are_fresh(postgres=_postgres(), config=FactsFreshnessConfig(max_age_minutes=180)).passed
-    with psycopg.connect(built_db.url, autocommit=True) as conn:
-        conn.execute("delete from ingest.processed_record where raw_record_id = %s", (raw_id,))

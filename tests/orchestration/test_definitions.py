@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -10,6 +15,9 @@ import pytest
 
 from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
 from orchestration.lib.launch import dagster_postgres_url, ensure_schema, prepare_dagster_home
+from tests.utils.processes import PROJECT_ROOT
+
+LEDGER_TEST = "assert_each_raw_record_has_exactly_one_outcome"
 
 
 @pytest.fixture(scope="module")
@@ -67,21 +75,52 @@ def test_asset_graph_starts_at_ingest_and_is_grouped_by_dbt_folder(defs: dg.Defi
     assert specs[dg.AssetKey("fct_readings_hourly")].partitions_def is not None
 
 
-def test_source_tests_and_python_checks_are_asset_checks(defs: dg.Definitions) -> None:
-    check_keys = {key for ad in defs.resolve_asset_graph().assets_defs for key in ad.check_keys}
+def test_every_dbt_test_is_an_asset_check_and_the_python_checks_too(defs: dg.Definitions) -> None:
+    from orchestration.defs.dbt.project import dbt_project
+
+    specs = {spec.key: spec for ad in defs.resolve_asset_graph().assets_defs for spec in ad.check_specs}
     names_by_asset: dict[str, set[str]] = {}
-    for key in check_keys:
+    for key in specs:
         names_by_asset.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    manifest = json.loads(dbt_project.manifest_path.read_text())
+    dbt_tests = {node["name"] for node in manifest["nodes"].values() if node["resource_type"] == "test"}
+    dbt_checks = [key for key, spec in specs.items() if "dagster_dbt/unique_id" in (spec.metadata or {})]
+    assert sorted(key.name for key in dbt_checks) == sorted(dbt_tests)  # every test, singular ones too, once
     assert "source_unique_ingest_raw_record_id" in names_by_asset["ingest/raw_record"]
-    assert "ledger_accounts_for_every_raw_row" in names_by_asset["staging/stg_ingest__raw_records"]
-    assert "facts_are_fresh" in names_by_asset["staging/stg_ingest__processed_records"]
+    # The ledger accounting is dbt's singular test, a blocking check on the ledger's staging model.
+    ledger = dg.AssetCheckKey(dg.AssetKey(["staging", "stg_ingest__raw_records"]), LEDGER_TEST)
+    assert specs[ledger].blocking
+    assert {"source_is_fresh"} <= names_by_asset["ingest/raw_record"] & names_by_asset["ingest/processed_record"]
     assert "ingest_error_rate_within_threshold" in names_by_asset["ingest_parse"]
+    python_checks = {key.name for key in specs} - dbt_tests
+    assert python_checks == {"source_is_fresh", "ingest_error_rate_within_threshold"}
 
 
-def test_dbt_build_args_exclude_unit_tests_and_pass_vars() -> None:
-    assert dbt_build_args() == ["build", "--exclude-resource-type", "unit_test", "--indirect-selection", "buildable"]
-    args = dbt_build_args(full_refresh=True, dbt_vars={"rollup_since": "2026-01-01T00:00:00+00:00"})
-    assert args[-3:] == ["--full-refresh", "--vars", '{"rollup_since": "2026-01-01T00:00:00+00:00"}']
+@pytest.mark.slow
+def test_dg_check_defs_passes_without_the_venv_on_path(dbt_manifest) -> None:
+    """`.venv/bin/dg check defs` as a data engineer runs it, nothing activated: dbt is found next to
+    the running Python, not on PATH."""
+    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), "LANG": "C.UTF-8"}
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("dg")), "check", "defs"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "All definitions loaded successfully" in result.stdout + result.stderr
+
+
+def test_dbt_build_args_name_the_tests_exclude_unit_tests_and_pass_vars() -> None:
+    assert dbt_build_args() == ["build", "--exclude-resource-type", "unit_test", "--indirect-selection", "empty"]
+    args = dbt_build_args(
+        tests=["p.a", "p.b"], full_refresh=True, dbt_vars={"rollup_since": "2026-01-01T00:00:00+00:00"}
+    )
+    assert args[5:] == [
+        "--select",
+        "p.a p.b",
+        "--full-refresh",
+        "--vars",
+        '{"rollup_since": "2026-01-01T00:00:00+00:00"}',
+    ]
 
 
 def test_rollup_vars_rebuild_closed_days_and_use_the_watermark_today() -> None:
@@ -102,11 +141,13 @@ def test_dagster_postgres_url_keeps_the_socket_and_sets_the_schema() -> None:
 
 def test_dagster_instance_on_postgres_stores_events(fresh_db, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The instance `make up` runs (orchestration/instance/dagster.yaml) on the platform's PostgreSQL:
-    an asset event goes through the event log storage (its NOTIFY included) and reads back."""
+    an asset event goes through the event log storage (its NOTIFY included) and reads back. No
+    telemetry, and no newsletter modal over the first page (nux)."""
     home = prepare_dagster_home(tmp_path)
     ensure_schema(fresh_db.url)
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", dagster_postgres_url(fresh_db.url))
     with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert not instance.nux_enabled and not instance.telemetry_enabled
         instance.report_runless_asset_event(dg.AssetMaterialization("storage_smoke"))
         event = instance.get_latest_materialization_event(dg.AssetKey("storage_smoke"))
         assert event is not None and event.asset_materialization is not None

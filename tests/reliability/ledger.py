@@ -8,18 +8,9 @@ from typing import Any
 
 import psycopg
 
-ACCEPTED = ("ok", "duplicate", "provisioned")
+from tests.utils.ledger import assert_one_outcome_per_raw_row
 
-OUTCOME_COUNTS = """
-select r.id,
-       (p.id is not null)::int + (d.raw_record_id is not null)::int
-       + (s.raw_record_id is not null)::int + (e.raw_record_id is not null)::int
-from ingest.raw_record r
-left join ingest.processed_record p on p.raw_record_id = r.id
-left join ingest.raw_duplicate d on d.raw_record_id = r.id
-left join ingest.device_startup s on s.raw_record_id = r.id
-left join ingest.ingest_error e on e.raw_record_id = r.id
-"""
+ACCEPTED = ("ok", "duplicate", "provisioned")
 
 
 def _content(payload: Any, body_text: str | None, body_bytes: bytes | None) -> str:
@@ -35,13 +26,6 @@ def _content(payload: Any, body_text: str | None, body_bytes: bytes | None) -> s
 
 def line_content(line: bytes) -> str:
     return _content(None, line.decode("utf-8", "replace"), None)
-
-
-def assert_one_outcome_per_raw_row(conn: psycopg.Connection) -> int:
-    rows = conn.execute(OUTCOME_COUNTS).fetchall()
-    bad = [row for row in rows if row[1] != 1]
-    assert bad == [], f"raw rows without exactly one outcome: {bad[:10]}"
-    return len(rows)
 
 
 def reconcile(conn: psycopg.Connection, lines: list[bytes], results: dict[int, dict[str, Any]]) -> dict[str, int]:
@@ -74,7 +58,7 @@ def reconcile(conn: psycopg.Connection, lines: list[bytes], results: dict[int, d
             valid_events.add(contents[number - 1])
     assert len(acked) == len(lines), "two lines were acknowledged with the same raw id"
 
-    total_raw = assert_one_outcome_per_raw_row(conn)
+    total_raw = assert_one_outcome_per_raw_row(conn).raw_rows
     distinct = conn.execute(
         """select count(*), count(distinct (device_id, record_type_id, record_time, value)),
                   count(distinct raw_record_id) from ingest.processed_record"""

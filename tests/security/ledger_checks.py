@@ -10,9 +10,11 @@ import psycopg
 from pydantic import TypeAdapter
 
 from ingest_service.api.schemas import ItemResultModel, RefusedBody
+from tests.utils.ledger import outcomes_of
 
-OUTCOME_TABLE = {
-    "ok": "processed",
+# The outcome kind (tests/utils/ledger.py) the ledger must hold for each answered status.
+OUTCOME_KIND = {
+    "ok": "fact",
     "duplicate": "duplicate",
     "provisioned": "startup",
     "invalid": "error",
@@ -20,17 +22,6 @@ OUTCOME_TABLE = {
     "rate_limited": "error",
     "error": "error",
 }
-
-OUTCOMES = """
-select r.id, r.payload, r.body_text, r.body_bytes,
-       p.id, p.device_id, d.processed_record_id, s.device_id, e.reason
-from ingest.raw_record r
-left join ingest.processed_record p on p.raw_record_id = r.id
-left join ingest.raw_duplicate d on d.raw_record_id = r.id
-left join ingest.device_startup s on s.raw_record_id = r.id
-left join ingest.ingest_error e on e.raw_record_id = r.id
-where r.id = any(%s)
-"""
 
 _results = TypeAdapter(ItemResultModel | list[ItemResultModel])
 
@@ -88,18 +79,11 @@ def check_stored(conn: psycopg.Connection, results: list[dict[str, Any]], sent: 
     """Each result's raw row exists, has exactly the outcome the answer reported, and holds what was sent."""
     raw_ids = [r["raw_id"] for r in results]
     assert all(isinstance(i, int) for i in raw_ids), results
-    rows = {row[0]: row for row in conn.execute(OUTCOMES, (raw_ids,)).fetchall()}
+    rows = outcomes_of(conn, raw_ids)
     assert len(rows) == len(set(raw_ids)) == len(raw_ids), "an acknowledged item is missing from the ledger"
     for index, result in enumerate(results):
-        _, payload, text, data, fact, fact_device, dup_of, startup_device, reason = rows[result["raw_id"]]
-        present = {
-            "processed": fact is not None,
-            "duplicate": dup_of is not None,
-            "startup": startup_device is not None,
-            "error": reason is not None,
-        }
-        assert sum(present.values()) == 1, f"raw {result['raw_id']} has outcomes {present}"
-        assert present[OUTCOME_TABLE[result["status"]]], (result, present)
+        _, payload, text, data, kinds, fact, reason = rows[result["raw_id"]]
+        assert kinds == [OUTCOME_KIND[result["status"]]], f"raw {result['raw_id']} has outcomes {kinds}: {result}"
         if reason is not None:
             assert reason == result["reason"]
         if fact is not None:

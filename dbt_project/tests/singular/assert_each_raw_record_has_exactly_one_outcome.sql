@@ -1,23 +1,28 @@
 -- Invariant 2: every raw ledger row ends as exactly one of a fact, a duplicate, a provisioned
 -- startup or an ingest_error. A row returned here has none (a silent drop) or several (a
--- double write). Reads the source tables, not the models, so a modelling bug cannot hide it.
+-- double write). Reads the staging views, which only rename the ingest tables (no filter, no
+-- join), so the accounting is the tables' own. Its asset is the ledger's staging model: in Dagster
+-- a blocking check, so a failure stops the marts and metrics of the run, which would be computed
+-- from an incomplete ledger.
+{{ config(meta={'dagster': {'ref': {'name': 'stg_ingest__raw_records'}}}) }}
+
 with
 
 raw_records as (
 
-    select id as raw_record_id from {{ source('ingest', 'raw_record') }}
+    select raw_record_id from {{ ref('stg_ingest__raw_records') }}
 
 ),
 
 outcomes as (
 
-    select raw_record_id from {{ source('ingest', 'processed_record') }}
+    select raw_record_id from {{ ref('stg_ingest__processed_records') }}
     union all
-    select raw_record_id from {{ source('ingest', 'raw_duplicate') }}
+    select raw_record_id from {{ ref('stg_ingest__raw_duplicates') }}
     union all
-    select raw_record_id from {{ source('ingest', 'device_startup') }}
+    select raw_record_id from {{ ref('stg_ingest__device_startups') }}
     union all
-    select raw_record_id from {{ source('ingest', 'ingest_error') }}
+    select raw_record_id from {{ ref('stg_ingest__ingest_errors') }}
 
 ),
 

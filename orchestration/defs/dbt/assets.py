@@ -2,11 +2,12 @@ import dagster as dg
 from dagster_dbt import DbtCliResource, dbt_assets
 
 from orchestration.defs.dbt.project import dbt_project
-from orchestration.lib.dbt.args import dbt_build_args
+from orchestration.lib.dbt.args import check_tests, dbt_build_args
 from orchestration.lib.dbt.translator import IotDbtTranslator
 
-# Three slices, so that a blocking Python check on the staging layer can stop the marts of the same
-# run (blocking only gates other steps) and the incremental rollup can be partitioned on its own.
+# Three slices, so that a blocking check on the staging layer (the ledger accounting) stops the
+# marts of the same run (blocking only gates other steps) and the incremental rollup can be
+# partitioned on its own. Each step runs the dbt tests of its own checks (lib/dbt/args.py).
 STAGING_SELECTOR = "path:models/staging resource_type:seed"
 ANALYTICS_SELECTOR = "path:models/intermediate path:models/marts"
 INCREMENTAL_SELECTOR = "config.materialized:incremental"
@@ -29,7 +30,8 @@ class DbtConfig(dg.Config):
 )
 def dbt_staging_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: DbtConfig):
     """Seeds and the staging views over the ingest tables, with the ingest tables' source tests."""
-    yield from dbt.cli(dbt_build_args(full_refresh=config.full_refresh), context=context).stream().fetch_row_counts()
+    args = dbt_build_args(tests=check_tests(context), full_refresh=config.full_refresh)
+    yield from dbt.cli(args, context=context).stream().fetch_row_counts()
 
 
 @dbt_assets(
@@ -42,4 +44,5 @@ def dbt_staging_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, c
 )
 def dbt_analytics_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, config: DbtConfig):
     """The intermediate views and the marts (metrics, ingest_parse, v_platform_extension_mm)."""
-    yield from dbt.cli(dbt_build_args(full_refresh=config.full_refresh), context=context).stream().fetch_row_counts()
+    args = dbt_build_args(tests=check_tests(context), full_refresh=config.full_refresh)
+    yield from dbt.cli(args, context=context).stream().fetch_row_counts()

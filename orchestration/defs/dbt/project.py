@@ -1,20 +1,17 @@
 """The dbt project Dagster orchestrates: `dbt_project/` at the repository root."""
 
-import os
-from pathlib import Path
-
 from dagster_dbt import DbtProject
 
-DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
+from orchestration.lib.dbt.cli import DAGSTER_TARGET_PATH, DBT_PROJECT_DIR, dbt_target, prepare_if_dev
 
-# `dg dev` / `dg check defs` (DAGSTER_IS_DEV_CLI) parse the project here; everything else expects a
-# manifest built beforehand (`make up` via orchestration.lib.launch, the test session, CI).
 dbt_project = DbtProject(
     project_dir=DBT_PROJECT_DIR,
     profiles_dir=DBT_PROJECT_DIR,
-    target=os.getenv("DBT_TARGET", "dev"),
-    # Its own target folder: the dbt engineers' and `iot-platform dbt` runs write dbt_project/target/
-    # at the same time, and a half-written manifest.json must never reach a code location load.
-    target_path=Path("target", "dagster"),
+    target=dbt_target(),
+    # A target folder of its own, so a half-written manifest.json of another dbt run never reaches
+    # a code location load.
+    target_path=DAGSTER_TARGET_PATH,
 )
-dbt_project.prepare_if_dev()
+# `dg dev` / `dg check defs` (DAGSTER_IS_DEV_CLI) parse the project here, with the venv's dbt;
+# everything else expects a manifest built beforehand (`make up`, the test session, CI).
+prepare_if_dev(dbt_project)

@@ -1,84 +1,32 @@
-"""Data-quality rules dbt cannot express: accounting across the ingest tables, rates against
-operator thresholds, and the age of the newest fact. dbt's own tests are checks already."""
+"""Data-quality checks beyond dbt's data tests, which are checks already (the ledger accounting is
+one of them: dbt's singular test, blocking on `staging/stg_ingest__raw_records`):
+
+- the ingest error rate per format, against an operator threshold over a recent window;
+- the ingest tables' freshness, as `dbt source freshness` judges it from the thresholds in the
+  sources' YAML (`config.freshness`), one check per source that has them.
+"""
 
 import os
+from collections.abc import Iterator
 
 import dagster as dg
-from dagster_dbt import get_asset_key_for_model
+from dagster_dbt import DbtCliResource, get_asset_key_for_model
+from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
+from psycopg import sql
 
 from orchestration.defs.dbt import assets as dbt_defs
+from orchestration.defs.dbt.project import dbt_project
+from orchestration.lib.dbt.manifest import relation, sources_with_freshness
 from orchestration.lib.postgres import PostgresResource
 
-LEDGER_ACCOUNTS_FOR_EVERY_RAW_ROW = "ledger_accounts_for_every_raw_row"
 INGEST_ERROR_RATE_WITHIN_THRESHOLD = "ingest_error_rate_within_threshold"
-FACTS_ARE_FRESH = "facts_are_fresh"
+SOURCE_IS_FRESH = "source_is_fresh"
 
 # Formats of known record types; `startup` and `unknown` (no usable event_type at all) are
 # reported in the metadata but not held to the threshold.
 RATED_FORMATS = ("legacy", "new", "common")
 
-
-def _staging_model(name: str) -> dg.AssetKey:
-    return get_asset_key_for_model([dbt_defs.dbt_staging_models], name)
-
-
-def _analytics_model(name: str) -> dg.AssetKey:
-    return get_asset_key_for_model([dbt_defs.dbt_analytics_models], name)
-
-
-LEDGER_SQL = """
-with outcomes as (
-    select raw_record_id from ingest.processed_record
-    union all
-    select raw_record_id from ingest.raw_duplicate
-    union all
-    select raw_record_id from ingest.device_startup
-    union all
-    select raw_record_id from ingest.ingest_error
-),
-per_raw_row as (
-    select raw_record_id, count(*) as outcomes from outcomes group by raw_record_id
-)
-select
-    (select count(*) from ingest.raw_record) as raw_rows,
-    (select count(*) from ingest.processed_record) as facts,
-    (select count(*) from ingest.raw_duplicate) as duplicates,
-    (select count(*) from ingest.device_startup) as provisioned,
-    (select count(*) from ingest.ingest_error) as errors,
-    (select count(*) from ingest.raw_record as raw
-        where not exists (select from per_raw_row where per_raw_row.raw_record_id = raw.id)) as without_outcome,
-    (select count(*) from per_raw_row where outcomes > 1) as with_several_outcomes,
-    (select count(*) from per_raw_row
-        where not exists (select from ingest.raw_record as raw where raw.id = per_raw_row.raw_record_id))
-        as outcomes_without_raw_row
-"""
-
-
-@dg.asset_check(
-    asset=_staging_model("stg_ingest__raw_records"),
-    name=LEDGER_ACCOUNTS_FOR_EVERY_RAW_ROW,
-    blocking=True,
-    description=(
-        "Ledger accounting: raw rows = facts + duplicates + provisioned startups + errors, and every raw row "
-        "has exactly one outcome. A failure means the API dropped or double-wrote an item; it blocks the "
-        "marts and metrics of the run, which would be computed from an incomplete ledger."
-    ),
-)
-def ledger_accounts_for_every_raw_row(postgres: PostgresResource) -> dg.AssetCheckResult:
-    # One statement, one snapshot: the API writes a raw row and its outcome in one transaction.
-    counts = postgres.fetch_one(LEDGER_SQL)
-    accounted = counts["facts"] + counts["duplicates"] + counts["provisioned"] + counts["errors"]
-    passed = (
-        counts["raw_rows"] == accounted
-        and counts["without_outcome"] == 0
-        and counts["with_several_outcomes"] == 0
-        and counts["outcomes_without_raw_row"] == 0
-    )
-    return dg.AssetCheckResult(
-        passed=passed,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={**{k: dg.MetadataValue.int(int(v)) for k, v in counts.items()}, "accounted": accounted},
-    )
+MANIFEST = get_manifest_and_translator_from_dbt_assets([dbt_defs.dbt_staging_models])[0]
 
 
 class ErrorRateConfig(dg.Config):
@@ -90,8 +38,22 @@ class ErrorRateConfig(dg.Config):
     min_records: int = int(os.getenv("INGEST_ERROR_RATE_MIN_RECORDS", "50"))
 
 
+ERROR_RATE_SQL = sql.SQL(
+    """
+    select
+        payload_format,
+        count(*) as raw_records,
+        count(*) filter (where outcome = 'error') as errors
+    from {ingest_parse}
+    where received_at >= now() - make_interval(mins => %(window)s)
+    group by payload_format
+    order by payload_format
+    """
+).format(ingest_parse=relation(MANIFEST, "ingest_parse"))
+
+
 @dg.asset_check(
-    asset=_analytics_model("ingest_parse"),
+    asset=get_asset_key_for_model([dbt_defs.dbt_analytics_models], "ingest_parse"),
     name=INGEST_ERROR_RATE_WITHIN_THRESHOLD,
     description=(
         "Share of rejected items per payload format (legacy, new, common) received in the last window, "
@@ -100,19 +62,7 @@ class ErrorRateConfig(dg.Config):
     ),
 )
 def ingest_error_rate_within_threshold(postgres: PostgresResource, config: ErrorRateConfig) -> dg.AssetCheckResult:
-    rows = postgres.fetch_all(
-        """
-        select
-            payload_format,
-            count(*) as raw_records,
-            count(*) filter (where outcome = 'error') as errors
-        from analytics.ingest_parse
-        where received_at >= now() - make_interval(mins => %(window)s)
-        group by payload_format
-        order by payload_format
-        """,
-        {"window": config.window_minutes},
-    )
+    rows = postgres.fetch_all(ERROR_RATE_SQL, {"window": config.window_minutes})
     rates = {row["payload_format"]: row["errors"] / row["raw_records"] for row in rows}
     over = sorted(
         row["payload_format"]
@@ -132,35 +82,54 @@ def ingest_error_rate_within_threshold(postgres: PostgresResource, config: Error
     return dg.AssetCheckResult(passed=not over, severity=dg.AssetCheckSeverity.ERROR, metadata=metadata)
 
 
-class FactsFreshnessConfig(dg.Config):
-    max_age_minutes: int = int(os.getenv("FACTS_MAX_AGE_MINUTES", "30"))
+def _freshness_spec(unique_id: str) -> dg.AssetCheckSpec:
+    source = MANIFEST["sources"][unique_id]
+    key = dbt_defs.translator.get_asset_spec(MANIFEST, unique_id, dbt_project).key
+    criteria = source["freshness"]
+    levels = ", ".join(
+        f"{level.split('_')[0]} after {criteria[level]['count']} {criteria[level]['period']}"
+        for level in ("warn_after", "error_after")
+        if (criteria.get(level) or {}).get("count")
+    )
+    return dg.AssetCheckSpec(
+        SOURCE_IS_FRESH,
+        asset=key,
+        description=(
+            f"dbt source freshness: the newest {source['loaded_at_field']} is recent ({levels}). A failure "
+            "means nothing new is arriving: the API, the gateways or the devices are down, or everything is "
+            "rejected."
+        ),
+    )
 
 
-@dg.asset_check(
-    asset=_staging_model("stg_ingest__processed_records"),
-    name=FACTS_ARE_FRESH,
-    description=(
-        "The newest fact (max ingested_at) is at most FACTS_MAX_AGE_MINUTES old. A failure means no valid "
-        "telemetry is arriving: the API, the gateways or the publisher are down, or every item is rejected."
-    ),
+FRESHNESS_SPECS = {unique_id: _freshness_spec(unique_id) for unique_id in sources_with_freshness(MANIFEST)}
+
+
+@dg.multi_asset_check(
+    specs=list(FRESHNESS_SPECS.values()),
+    name="ingest_sources_are_fresh",
+    description="`dbt source freshness` over the ingest tables that declare a freshness threshold.",
 )
-def facts_are_fresh(postgres: PostgresResource, config: FactsFreshnessConfig) -> dg.AssetCheckResult:
-    row = postgres.fetch_one(
-        """
-        select
-            max(ingested_at) as newest,
-            extract(epoch from now() - max(ingested_at)) / 60.0 as age_minutes
-        from ingest.processed_record
-        """
-    )
-    metadata: dict[str, dg.RawMetadataValue] = {"max_age_minutes": config.max_age_minutes}
-    if row["newest"] is None:
-        return dg.AssetCheckResult(
-            passed=False, severity=dg.AssetCheckSeverity.WARN, metadata=metadata, description="no facts at all"
+def ingest_sources_are_fresh(dbt: DbtCliResource) -> Iterator[dg.AssetCheckResult]:
+    selection = [
+        f"source:{MANIFEST['sources'][uid]['source_name']}.{MANIFEST['sources'][uid]['name']}"
+        for uid in FRESHNESS_SPECS
+    ]
+    # A stale source makes dbt exit non-zero: that is a result here, not a failure to run.
+    invocation = dbt.cli(["source", "freshness", "--select", " ".join(selection)], raise_on_error=False).wait()
+    results = {result["unique_id"]: result for result in invocation.get_artifact("sources.json")["results"]}
+    for unique_id, spec in FRESHNESS_SPECS.items():
+        result = results.get(unique_id, {"status": "runtime error"})
+        status = result["status"]  # pass | warn | error | runtime error
+        metadata: dict[str, dg.RawMetadataValue] = {"status": status}
+        if result.get("max_loaded_at"):
+            metadata["max_loaded_at"] = result["max_loaded_at"]
+            metadata["age_minutes"] = dg.MetadataValue.float(round(result["max_loaded_at_time_ago_in_s"] / 60, 2))
+        yield dg.AssetCheckResult(
+            asset_key=spec.asset_key,
+            check_name=spec.name,
+            passed=status == "pass",
+            severity=dg.AssetCheckSeverity.WARN if status == "warn" else dg.AssetCheckSeverity.ERROR,
+            metadata=metadata,
+            description=result.get("error") or None,
         )
-    age = float(row["age_minutes"])
-    metadata["newest_ingested_at"] = row["newest"].isoformat()
-    metadata["age_minutes"] = dg.MetadataValue.float(round(age, 2))
-    return dg.AssetCheckResult(
-        passed=age <= config.max_age_minutes, severity=dg.AssetCheckSeverity.WARN, metadata=metadata
-    )
