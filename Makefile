@@ -32,9 +32,13 @@ test: install
 test-fast: install
 	$(BIN)/pytest -n 2 --dist loadfile -m "not slow"
 
+# ruff, mypy over the app packages ([tool.mypy]), sqlfluff over the dbt project (dbt_project/.sqlfluff),
+# .pre-commit-config.yaml runs the same (tests/test_env_example.py keeps .env.example true).
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/sqlfluff lint dbt_project
 
 format: install
 	$(BIN)/ruff format .

@@ -109,6 +109,13 @@ def _machine_busy() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
+def one_row(cursor: psycopg.Cursor[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """The one row of a query that always returns one (an aggregate, `show`)."""
+    row = cursor.fetchone()
+    assert row is not None, "query returned no row"
+    return row
+
+
 class CpuMeter:
     """CPU seconds of each group, the load generator (reaped children) and this process, over a phase,
     as a share of one core (100 % = one core fully busy)."""
@@ -230,11 +237,11 @@ class BenchDatabase:
     def settings(self) -> dict[str, str]:
         names = ("server_version", "shared_buffers", "synchronous_commit", "fsync", "wal_sync_method", "max_wal_size")
         with psycopg.connect(self.server.url) as conn:
-            return {n: conn.execute(sql.SQL("show {}").format(sql.Identifier(n))).fetchone()[0] for n in names}
+            return {n: one_row(conn.execute(sql.SQL("show {}").format(sql.Identifier(n))))[0] for n in names}
 
     def stop(self) -> None:
         if self.embedded:
-            from pgserver import pg_ctl  # type: ignore[attr-defined]
+            from pgserver import pg_ctl
 
             user = "pgserver" if os.geteuid() == 0 else None
             pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=user)
@@ -271,7 +278,7 @@ def copy_batches(first_raw_id: int, base: float, batches: int, size: int = 1000)
     return out
 
 
-def run_copy(target: DatabaseTarget, state: dict[str, Any], batches: int, meter: CpuMeter) -> dict[str, Any]:
+def run_copy(target: DatabaseTarget, state: TimeCursor, batches: int, meter: CpuMeter) -> dict[str, Any]:
     data = copy_batches(state["copy_next_id"], state.pop_base(), batches)
     state["copy_next_id"] += batches * 1000
     with psycopg.connect(target.url) as conn:
@@ -425,7 +432,7 @@ def replay_first_batch(port: int, state: TimeCursor) -> dict[str, Any]:
 def verify(target: DatabaseTarget, state: TimeCursor, replay: dict[str, Any] | None) -> dict[str, Any]:
     with psycopg.connect(target.url) as conn:
         counts = ledger(conn)
-        (distinct,) = conn.execute(DISTINCT_FACTS).fetchone()
+        (distinct,) = one_row(conn.execute(DISTINCT_FACTS))
     raw, facts, dups, startups, errors = (
         counts.raw_rows, counts.facts, counts.duplicates, counts.startups, counts.errors
     )  # fmt: skip
@@ -661,7 +668,8 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
         if db.postmaster_pid:
             groups.append(ProcGroup("postgres", db.postmaster_pid))
         meter = CpuMeter(groups)
-        noop_meter = CpuMeter([ProcGroup("api", srv["noop"].pid)] + groups[1:]) if srv["noop"] else None
+        # Without the no-op server (its scenario not asked for) nothing reads this meter.
+        noop_meter = CpuMeter([ProcGroup("api", srv["noop"].pid)] + groups[1:] if srv["noop"] else [])
         sampler = RssSampler(groups[0], interval=2.0 if args.soak else 1.0)
         sampler.start()
         port = srv["api_port"]

@@ -37,7 +37,7 @@ import orjson
 import psutil
 import psycopg
 
-from bench.ingest_bench import BenchDatabase, CpuMeter, ProcGroup, machine_info, stop_process
+from bench.ingest_bench import BenchDatabase, CpuMeter, ProcGroup, machine_info, one_row, stop_process
 from bench.mosquitto import OwnedMosquitto
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
@@ -216,10 +216,12 @@ def measure(
 
 def verify(target: DatabaseTarget, expected_raw: int) -> dict[str, Any]:
     with psycopg.connect(target.url, autocommit=True) as conn:
-        raw, keys, facts = conn.execute(
-            """select count(*), count(distinct request_id),
+        raw, keys, facts = one_row(
+            conn.execute(
+                """select count(*), count(distinct request_id),
                       (select count(*) from ingest.processed_record) from ingest.raw_record"""
-        ).fetchone()
+            )
+        )
     ok = raw == facts == expected_raw
     return {"raw_rows": raw, "message_keys": keys, "facts": facts, "expected": expected_raw, "ok": ok}
 
@@ -270,7 +272,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def _postmaster_of(target: DatabaseTarget) -> int:
     with psycopg.connect(target.url, autocommit=True) as conn:
-        backend = conn.execute("select pg_backend_pid()").fetchone()[0]
+        backend = one_row(conn.execute("select pg_backend_pid()"))[0]
     return psutil.Process(backend).ppid()
 
 

@@ -157,7 +157,7 @@ def _stop(processes: list[subprocess.Popen]) -> None:
 
 def _drain_publisher(started: list[subprocess.Popen]) -> None:
     """Stop the generator, then give pipe_to_api a moment to send its last batch (stdin hits EOF)."""
-    pipeline = [p for p in started if "publisher." in " ".join(map(str, p.args))]
+    pipeline = [p for p in started if "publisher." in str(p.args)]
     if len(pipeline) != 2:
         return
     generator, pipe = pipeline
@@ -332,7 +332,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             time.sleep(0.25)
         failed = [p.args for p in services if p.poll() not in (None, 0)]
         if failed:
-            print(f"\nstopped: a process exited: {failed[0]} (see {logs}/)", file=sys.stderr)
+            print(f"\nstopped: a process exited: {failed[0]!r} (see {logs}/)", file=sys.stderr)
             return 1
         return 0
     except KeyboardInterrupt:

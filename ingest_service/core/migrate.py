@@ -27,7 +27,7 @@ def upgrade(target: DatabaseTarget) -> None:
     command.upgrade(alembic_config(target), "head")
 
 
-def head_revision() -> str:
+def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config(DatabaseTarget("postgresql://x@/x", False))).get_current_head()
 
 

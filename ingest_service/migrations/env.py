@@ -6,6 +6,8 @@ from sqlalchemy import create_engine, pool
 SCHEMA = "ingest"
 
 url = context.config.get_main_option("sqlalchemy.url")
+if url is None:
+    raise RuntimeError("alembic: sqlalchemy.url is unset (run migrations through ingest_service.core.migrate)")
 engine = create_engine(url, poolclass=pool.NullPool)
 with engine.connect() as connection:
     # Only when missing: `create schema if not exists` still needs CREATE on the database, which the

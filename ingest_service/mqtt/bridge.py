@@ -238,7 +238,7 @@ class Bridge:
         return props
 
     def _on_connect(
-        self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Properties
+        self, client: mqtt.Client, userdata: Any, flags: mqtt.ConnectFlags, reason: ReasonCode, props: Properties | None
     ) -> None:
         if reason.is_failure:
             log.error("the broker refused the connection: %s", reason, extra={"fields": {"broker": str(self.broker)}})

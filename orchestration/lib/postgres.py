@@ -6,7 +6,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
-from psycopg.abc import Query
+from psycopg.abc import QueryNoTemplate as Query
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
@@ -37,7 +37,7 @@ class PostgresResource(dg.ConfigurableResource):
         )
 
     @contextmanager
-    def connect(self) -> Iterator[psycopg.Connection]:
+    def connect(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
         # Read-only and autocommit: the checks and metrics only look, and must never hold a snapshot
         # open while the API keeps writing.
         with psycopg.connect(self.conninfo, autocommit=True, row_factory=dict_row) as conn:

@@ -16,10 +16,11 @@ changed_hours as (
         {{ utc_hour('observed_at') }} as hour_start
 
     from readings
-    where ingested_at > {{ rollup_watermark() }}
-    {%- if var('rollup_until') %}
+    where
+        ingested_at > {{ rollup_watermark() }}
+        {%- if var('rollup_until') %}
         and ingested_at <= '{{ var('rollup_until') }}'::timestamptz
-    {%- endif %}
+        {%- endif %}
 
 ),
 
@@ -29,13 +30,15 @@ readings_to_roll_up as (
 
     from changed_hours
     cross join lateral (
+        -- Correlated on changed_hours: the inner columns are qualified so none reads the outer row.
         select * from readings
         where
-            readings.device_id = changed_hours.device_id
+            readings.device_id = changed_hours.device_id  -- noqa: RF03
             and readings.record_type_id = changed_hours.record_type_id
             and readings.observed_at >= changed_hours.hour_start
             and readings.observed_at < changed_hours.hour_start + interval '1 hour'
-        offset 0
+        -- `offset 0` keeps PostgreSQL from flattening the subquery: one index range scan per hour.
+        offset 0  -- noqa: AM09
     ) as hour_readings
 
 ),

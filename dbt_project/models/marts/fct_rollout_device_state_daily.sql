@@ -43,7 +43,8 @@ states as (
     select
         calendar.report_date,
         case
-            when device_firsts.first_legacy_date <= calendar.report_date
+            when
+                device_firsts.first_legacy_date <= calendar.report_date
                 and device_firsts.first_new_date <= calendar.report_date then 'migrated'
             when device_firsts.first_legacy_date <= calendar.report_date then 'legacy_only'
             when device_firsts.first_new_date <= calendar.report_date then 'new_only'

@@ -10,10 +10,12 @@ averaged as (
 
     select
         device_id,
-        (sum(sum_mm) filter (where payload_format = 'new')
+        (
+            sum(sum_mm) filter (where payload_format = 'new')
             / nullif(sum(reading_count) filter (where payload_format = 'new'), 0))::double precision
             as avg_new_only_mm,
-        (sum(sum_mm) filter (where payload_format = 'legacy')
+        (
+            sum(sum_mm) filter (where payload_format = 'legacy')
             / nullif(sum(reading_count) filter (where payload_format = 'legacy'), 0))::double precision
             as avg_legacy_only_mm,
         (sum(sum_mm) / sum(reading_count))::double precision as avg_all_mm,

@@ -28,7 +28,9 @@ outcomes as (
 
 outcome_counts as (
 
-    select raw_record_id, count(*) as outcomes
+    select
+        raw_record_id,
+        count(*) as outcomes
     from outcomes
     group by raw_record_id
 

@@ -22,14 +22,18 @@ fact_counts as (
         {{ utc_hour('record_time') }} as hour_start,
         count(*) as facts
     from {{ source('ingest', 'processed_record') }}
-    where ingested_at <= (select ingested_until from rollup_watermark)
+    where ingested_at <= (select rollup_watermark.ingested_until from rollup_watermark)
     group by 1, 2, 3
 
 ),
 
 rollup_counts as (
 
-    select device_id, record_type_id, hour_start, reading_count
+    select
+        device_id,
+        record_type_id,
+        hour_start,
+        reading_count
     from {{ ref('fct_readings_hourly') }}
 
 )

@@ -17,15 +17,17 @@ facts as (
         on facts.record_type_id = record_types.id
     where
         record_types.measure = 'platform_extension'
-        and facts.device_id not in (select device_id from {{ ref('device_calibration') }})
+        and facts.device_id not in (select calibrated.device_id from {{ ref('device_calibration') }} as calibrated)
 
 ),
 
 unified as (
 
-    select processed_record_id, extension_mm
+    select
+        processed_record_id,
+        extension_mm
     from {{ ref('v_platform_extension_mm') }}
-    where device_id not in (select device_id from {{ ref('device_calibration') }})
+    where device_id not in (select calibrated.device_id from {{ ref('device_calibration') }} as calibrated)
 
 )
 

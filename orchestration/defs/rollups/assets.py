@@ -60,8 +60,12 @@ def _as_metadata(row: Mapping[str, Any]) -> dict[str, dg.MetadataValue]:
     """Numbers as numeric metadata (plotted over runs), anything else as text."""
     metadata: dict[str, dg.MetadataValue] = {}
     for column, value in row.items():
-        if isinstance(value, bool) or value is None or isinstance(value, date | datetime):
-            metadata[column] = dg.MetadataValue.text("" if value is None else value.isoformat())
+        if value is None:
+            metadata[column] = dg.MetadataValue.text("")
+        elif isinstance(value, date | datetime):
+            metadata[column] = dg.MetadataValue.text(value.isoformat())
+        elif isinstance(value, bool):
+            metadata[column] = dg.MetadataValue.text(str(value))
         elif isinstance(value, int):
             metadata[column] = dg.MetadataValue.int(value)
         elif isinstance(value, float | Decimal):
