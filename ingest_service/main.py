@@ -10,7 +10,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
-from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.analytics.reader import (
     AnalyticsReader,
@@ -20,8 +19,9 @@ from ingest_service.analytics.reader import (
 )
 from ingest_service.api.main import ROUTERS
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
+from ingest_service.buffer.publisher import BufferPublisher
 from ingest_service.core.config import Settings, get_settings
-from ingest_service.core.database import resolve_target
+from ingest_service.core.database import resolve_target, write_pool
 from ingest_service.core.logging import RequestIdMiddleware
 from ingest_service.ingest.service import IngestService
 
@@ -55,21 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target = resolve_target(settings)
-        timeout_ms = int(settings.request_timeout_seconds * 1000)
-        pool = AsyncConnectionPool(
-            target.url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            open=False,
-            # autocommit: a group of the common kind is one statement (ingest.write_items), atomic on
-            # its own; writes of several statements open a transaction explicitly.
-            kwargs={
-                "options": f"-c statement_timeout={timeout_ms}",
-                "application_name": "ingest_service",
-                "autocommit": True,
-            },
-            timeout=settings.request_timeout_seconds,
-        )
+        pool = write_pool(settings, target.url)
         await pool.open(wait=False)
         service = IngestService(pool, settings)
         await service.start()
@@ -77,10 +63,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analytics = AnalyticsReader(settings, analytics_url(settings, target))
         await analytics.open()
         app.state.pool, app.state.service, app.state.analytics = pool, service, analytics
+        # Buffered mode: POST /ingest publishes to JetStream, `iot-platform writer` stores (docs/scaling.md).
+        if settings.ingest_buffer == "jetstream":
+            app.state.buffer = BufferPublisher(settings)
+            await app.state.buffer.start()
         freeze_startup_objects()
         try:
             yield
         finally:
+            if app.state.buffer is not None:
+                await app.state.buffer.close()
             await analytics.close()
             await service.stop()
             await pool.close()
@@ -92,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.buffer = None
     for router in ROUTERS:
         app.include_router(router)
     app.add_exception_handler(AnalyticsUnavailable, analytics_error_response)  # type: ignore[arg-type]

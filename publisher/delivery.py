@@ -22,7 +22,9 @@ from typing import Any, BinaryIO, TextIO
 
 import httpx
 
-ACCEPTED_STATUSES = ("ok", "duplicate", "provisioned")
+# "accepted": the API runs buffered (INGEST_BUFFER=jetstream): the batch is durable in its stream and
+# a writer stores it; the final results are at the receipt.
+ACCEPTED_STATUSES = ("ok", "duplicate", "provisioned", "accepted")
 REJECTED_STATUSES = ("invalid", "unauthorized", "error")
 NDJSON = "application/x-ndjson"
 JSON = "application/json"
@@ -137,6 +139,9 @@ def results_from_response(response: httpx.Response, expected: int) -> list[dict[
         body = response.json()
     except ValueError:
         return None
+    if response.status_code == 202 and isinstance(body, dict) and body.get("items") == expected:
+        receipt = body.get("receipt")
+        return [{"status": "accepted", "receipt": receipt, "batch_index": i} for i in range(expected)]
     if isinstance(body, dict) and expected == 1:
         body = [body]
     if not isinstance(body, list) or len(body) != expected:

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.core.config import Settings
 
@@ -127,3 +128,22 @@ def tool_environment(target: DatabaseTarget, base: dict[str, str] | None = None)
         DATABASE_URL=target.url,
     )
     return env
+
+
+def write_pool(settings: Settings, url: str, application_name: str = "ingest_service") -> AsyncConnectionPool:
+    """The write path's connection pool (the API's, and each `iot-platform writer`'s), not yet open."""
+    timeout_ms = int(settings.request_timeout_seconds * 1000)
+    return AsyncConnectionPool(
+        url,
+        min_size=settings.pool_min_size,
+        max_size=settings.pool_max_size,
+        open=False,
+        # autocommit: a group of the common kind is one statement (ingest.write_items), atomic on
+        # its own; writes of several statements open a transaction explicitly.
+        kwargs={
+            "options": f"-c statement_timeout={timeout_ms}",
+            "application_name": application_name,
+            "autocommit": True,
+        },
+        timeout=settings.request_timeout_seconds,
+    )

@@ -11,7 +11,9 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
+from ingest_service.api.routes import receipts
 from ingest_service.api.schemas import DeviceStartupEvent, ItemResultModel, RefusedBody, TelemetryEvent
+from ingest_service.buffer.publisher import BufferRefused
 from ingest_service.core.config import Settings
 from ingest_service.core.logging import new_request_id, request_id_var
 from ingest_service.core.observability import METRICS
@@ -42,6 +44,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Stored: one result (single event) or a list of results in input order (batch)",
         "model": ItemResultModel | list[ItemResultModel],
     },
+    202: {"description": "Buffered mode: durable in the stream; results at its receipt", "model": receipts.Accepted},
     400: {"description": "The gzip body is corrupt; nothing stored", "model": RefusedBody},
     401: {"description": "device_startup with a bad provision_token; the body is stored", **_single},
     413: {
@@ -111,6 +114,9 @@ async def ingest(request: Request) -> Response:
     except DatabaseUnavailable as exc:
         headers["Retry-After"] = str(settings.retry_after_seconds)
         response = _refused(503, "database_unavailable", f"nothing was stored, retry later: {exc}"[:300], headers)
+    except BufferRefused as exc:  # buffered mode: NATS or the stream did not take it
+        headers["Retry-After"] = str(settings.retry_after_seconds)
+        response = _refused(503, exc.reason, exc.detail, headers)
     except ClientDisconnect:
         response = _refused(400, "client_disconnected", "the client closed the connection mid-body", headers)
     METRICS.count_request(response.status_code)
@@ -121,9 +127,9 @@ async def ingest(request: Request) -> Response:
 async def _ingest(
     request: Request, service: IngestService, settings: Settings, request_id: str, headers: dict[str, str]
 ) -> Response:
-    body = await _read_body(request, settings.max_body_bytes)
+    received = await _read_body(request, settings.max_body_bytes)
     encoding = request.headers.get("content-encoding")
-    body = inflate(body, encoding, settings.max_inflated_bytes)
+    body = inflate(received, encoding, settings.max_inflated_bytes)
     content_type = request.headers.get("content-type")
     is_batch, items = split_items(body, content_type, settings.max_batch_items)
     meta = RequestMeta(
@@ -132,6 +138,8 @@ async def _ingest(
         content_encoding=encoding[:50] if encoding else None,
         remote_addr=request.client.host if request.client else None,
     )
+    if request.app.state.buffer is not None:  # buffered mode: writers store it (api/routes/receipts.py)
+        return await receipts.publish(request.app.state.buffer, received, meta, items, headers)
     results = await service.ingest(items, meta)
     if len(results) == 1:
         METRICS.count_item(results[0].status, results[0].reason)
