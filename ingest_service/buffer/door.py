@@ -6,17 +6,17 @@ items and context the HTTP route would have made (`decode`), stores them through
 (`store`), and reads what a request already has in the ledger (`stored_results`), for receipts and
 to skip a redelivered message that is already stored.
 
-Until the write path takes delivery keys, `claimed` makes writers take turns on a request (session
-advisory locks) so that the look-up and the write cannot race; with delivery keys the write stage
-itself returns a repeated key's stored results, and `claimed` and the look-up before the write go
+Until the write path takes delivery keys, a redelivered message is found by that look-up before the
+write, and a unique index on the buffered rows' (request id, batch index) (migration 0004) refuses
+the second write of a message two writers hold at once; the writer then retries and finds it. With
+delivery keys the write stage itself returns a repeated key's stored results, and both go
 (docs/scaling.md, "Redeliveries").
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import psycopg
@@ -119,18 +119,16 @@ async def store(service: IngestService, request: BufferedRequest) -> list[ItemRe
     return await service.ingest(request.items, request.meta)
 
 
-# One result per raw row of the request, in input order; the first row of a batch index should a
-# request ever have two (it cannot while writers claim requests).
+# One result per raw row of the request, in input order (migration 0004's index: one row per index).
 STORED_RESULTS = """
-select distinct on (r.request_id, r.batch_index)
-       r.request_id, r.id, p.id, d.processed_record_id, s.device_id, e.reason, e.detail, e.device_id
+select r.request_id, r.id, p.id, d.processed_record_id, s.device_id, e.reason, e.detail, e.device_id
 from ingest.raw_record as r
 left join ingest.processed_record as p on p.raw_record_id = r.id
 left join ingest.raw_duplicate as d on d.raw_record_id = r.id
 left join ingest.device_startup as s on s.raw_record_id = r.id
 left join ingest.ingest_error as e on e.raw_record_id = r.id
 where r.request_id = any(%s::text[]) and r.request_id like 'js-%%'
-order by r.request_id, r.batch_index, r.id
+order by r.request_id, r.batch_index
 """
 
 
@@ -154,32 +152,3 @@ async def stored_results(conn: psycopg.AsyncConnection, request_ids: list[str]) 
     for request_id, raw_id, fact, repeats, device, *error in await cur.fetchall():
         out.setdefault(request_id, []).append(_result(raw_id, fact, repeats, device, tuple(error)))
     return out
-
-
-# Session advisory locks in one order (sorted keys), so writers claiming overlapping requests
-# cannot deadlock; statement_timeout bounds the wait behind a writer that holds one.
-LOCK_REQUESTS = """
-select pg_advisory_lock(k)
-from (select distinct hashtextextended(id, 0) as k from unnest(%s::text[]) as u(id) order by 1) as keys
-"""
-
-
-@asynccontextmanager
-async def claimed(
-    pool: AsyncConnectionPool, request_ids: list[str], timeout: float
-) -> AsyncIterator[dict[str, list[ItemResult]]]:
-    """Hold these requests against other writers and yield the results of those already stored.
-
-    A writer that dies releases its locks with its connection, so a redelivery never waits for a
-    dead writer; one that is alive and still storing a request makes the redelivery wait for its
-    commit, after which the look-up finds the rows.
-    """
-    async with pool.connection(timeout=timeout) as conn:
-        await conn.execute(LOCK_REQUESTS, (request_ids,))
-        try:
-            yield await stored_results(conn, request_ids)
-        finally:
-            try:
-                await conn.execute("select pg_advisory_unlock_all()")
-            except psycopg.Error:
-                await conn.close()  # never hand a connection that may hold locks back to the pool

@@ -118,7 +118,7 @@ class BufferPublisher:
                     subject, body, timeout=timeout / 2, stream=self.names.stream, headers=dict(headers)
                 )
                 return Receipt(receipt_id(request_id, ack.seq), request_id, ack.seq, len(items))
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py's own TimeoutError is one too
                 if time.monotonic() + timeout / 2 > deadline:
                     raise BufferRefused(
                         "buffer_unavailable", "the buffer did not acknowledge in time; retry later"

@@ -3,6 +3,7 @@ their one home), accepted (still in the stream), dead-lettered, or unknown."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -14,6 +15,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ingest_service.buffer import door
 from ingest_service.buffer.publisher import BufferPublisher, BufferRefused, parse_receipt
 
+log = logging.getLogger(__name__)
 # The dead-letter message's headers that say why (set by the writer).
 DEAD_REASON = "Ingest-Dead-Reason"
 DEAD_DETAIL = "Ingest-Dead-Detail"
@@ -32,11 +34,20 @@ class ReceiptState:
 
 
 async def _stored(pool: AsyncConnectionPool, request_id: str, timeout: float) -> list[dict[str, Any]] | None:
-    try:
-        async with pool.connection(timeout=timeout) as conn:
-            found = await door.stored_results(conn, [request_id])
-    except (psycopg.OperationalError, PoolTimeout) as exc:
-        raise ReceiptsUnavailable(str(exc)) from exc
+    # A pool may hold several connections a restarted database closed: each fails once and leaves
+    # the pool, so a read (safe to repeat) is tried once more than the pool can hold.
+    attempts = pool.max_size + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            async with pool.connection(timeout=timeout) as conn:
+                found = await door.stored_results(conn, [request_id])
+            break
+        except PoolTimeout as exc:
+            raise ReceiptsUnavailable(str(exc)) from exc
+        except psycopg.OperationalError as exc:
+            if attempt == attempts:
+                log.warning("reading a receipt failed: %s", exc)
+                raise ReceiptsUnavailable(str(exc)) from exc
     results = found.get(request_id)
     return [r.as_dict() for r in results] if results else None
 

@@ -3,9 +3,11 @@ write path as POST /ingest.
 
 Each writer process runs `INGEST_BUFFER_FETCHERS` pull loops on the one durable consumer; JetStream
 hands each message to one of them, across every writer process. A loop fetches up to
-`INGEST_BUFFER_FETCH_BATCH` messages, claims them against other writers, skips those already in the
-ledger (a redelivery after a crash or a lost acknowledgement), stores the others concurrently (the
-write path commits them in groups) and acknowledges each message only after its commit.
+`INGEST_BUFFER_FETCH_BATCH` messages, skips those already in the ledger (a redelivery after a crash
+or a lost acknowledgement), stores the others concurrently (the write path commits them in groups)
+and acknowledges each message only after its commit. Two writers that hold the same message at once
+(a redelivery while the first is still at work) cannot both store it: migration 0004's unique index
+refuses the second write, which is retried and then finds the first.
 
 - Database unavailable: the loop keeps its messages (telling JetStream it is still working on them,
   so they are not redelivered elsewhere), retries with a growing pause, and fetches nothing new
@@ -82,13 +84,13 @@ class BufferWriter:
         self,
         settings: Settings,
         service: door.IngestService,
-        claims: AsyncConnectionPool,
+        pool: AsyncConnectionPool,
         js: JetStreamContext,
         metrics: WriterMetrics,
     ) -> None:
         self.settings = settings
         self.service = service
-        self.claims = claims
+        self.pool = pool
         self.js = js
         self.names = BufferNames.of(settings)
         self.metrics = metrics
@@ -112,8 +114,8 @@ class BufferWriter:
         while not self.stopping.is_set():
             try:
                 messages = await sub.fetch(self.settings.ingest_buffer_fetch_batch, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue  # nothing to do
+            except TimeoutError:  # nothing to do (nats-py raises both its own and asyncio's)
+                continue
             except nats.errors.Error as exc:  # NATS reconnecting: the client retries on its own
                 log.debug("fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
@@ -163,23 +165,24 @@ class BufferWriter:
     async def _attempt(self, pending: list[tuple[Msg, door.BufferedRequest]], held: _Held) -> None:
         """One try at the group. What must wait for the database stays in `held`."""
         timeout = self.settings.request_timeout_seconds
-        async with door.claimed(self.claims, [r.request_id for _, r in pending], timeout) as stored:
-            todo = []
-            for msg, request in pending:
-                if request.request_id in stored:
-                    await self._ack(msg, held, "already_stored")
-                elif msg.metadata.num_delivered > self.settings.ingest_buffer_max_deliver:
-                    # delivered before, and never stored: a writer died on it, every time
-                    await self._dead_letter(msg, "max_deliveries", "no writer stored it in its deliveries", held)
-                else:
-                    todo.append((msg, request))
-            outcomes = await asyncio.gather(*(door.store(self.service, r) for _, r in todo), return_exceptions=True)
-            for (msg, request), outcome in zip(todo, outcomes, strict=True):
-                if isinstance(outcome, list):
-                    self._count_items(outcome)
-                    await self._ack(msg, held, "stored")
-                elif not isinstance(outcome, UNAVAILABLE):
-                    await self._failed(msg, request, outcome, held)
+        async with self.pool.connection(timeout=timeout) as conn:
+            stored = await door.stored_results(conn, [r.request_id for _, r in pending])
+        todo = []
+        for msg, request in pending:
+            if request.request_id in stored:
+                await self._ack(msg, held, "already_stored")
+            elif msg.metadata.num_delivered > self.settings.ingest_buffer_max_deliver:
+                # delivered before, and never stored: a writer died on it, every time
+                await self._dead_letter(msg, "max_deliveries", "no writer stored it in its deliveries", held)
+            else:
+                todo.append((msg, request))
+        outcomes = await asyncio.gather(*(door.store(self.service, r) for _, r in todo), return_exceptions=True)
+        for (msg, request), outcome in zip(todo, outcomes, strict=True):
+            if isinstance(outcome, list):
+                self._count_items(outcome)
+                await self._ack(msg, held, "stored")
+            elif not isinstance(outcome, UNAVAILABLE):  # unavailable: stays held, for the next try
+                await self._failed(msg, request, outcome, held)
 
     async def _ack(self, msg: Msg, held: _Held, outcome: str) -> None:
         held.discard(msg)
@@ -239,20 +242,7 @@ async def run_writer(settings: Settings, metrics_port: int | None = None) -> Non
     """The writer process: its own pools and write service, until SIGTERM or SIGINT."""
     target = resolve_target(settings)
     pool = write_pool(settings, target.url, application_name="ingest_writer")
-    claims = AsyncConnectionPool(
-        target.url,
-        min_size=1,
-        max_size=settings.ingest_buffer_fetchers,
-        open=False,
-        kwargs={
-            "options": f"-c statement_timeout={int(settings.request_timeout_seconds * 1000)}",
-            "application_name": "ingest_writer_claims",
-            "autocommit": True,
-        },
-        timeout=settings.request_timeout_seconds,
-    )
     await pool.open(wait=False)
-    await claims.open(wait=False)
     service = await door.start_service(pool, settings)
     metrics = WriterMetrics(METRICS.registry)
     if metrics_port is not None:
@@ -272,7 +262,7 @@ async def run_writer(settings: Settings, metrics_port: int | None = None) -> Non
         nc = connecting.result()
         js = nc.jetstream(timeout=API_TIMEOUT_SECONDS)
         await ensure_stream(js, settings)
-        writer = BufferWriter(settings, service, claims, js, metrics)
+        writer = BufferWriter(settings, service, pool, js, metrics)
         running = asyncio.create_task(writer.run())
         log.warning(
             "writer started",
@@ -286,7 +276,6 @@ async def run_writer(settings: Settings, metrics_port: int | None = None) -> Non
             with contextlib.suppress(nats.errors.Error):
                 await nc.drain()
         await service.stop()
-        await claims.close()
         await pool.close()
 
 

@@ -11,6 +11,7 @@ import time
 import orjson
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 
 from ingest_service.buffer import door
 from ingest_service.buffer.publisher import parse_receipt, receipt_id
@@ -18,6 +19,7 @@ from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget, write_pool
 from ingest_service.core.logging import new_request_id
 from ingest_service.ingest.body import split_items
+from ingest_service.main import create_app
 from tests.ingest_service.conftest import SECRET, make_settings
 from tests.utils.events import startup, telemetry
 
@@ -135,3 +137,39 @@ def test_partition_key_is_the_first_device() -> None:
     assert door.partition_key(items) == "9"
     assert door.partition_key(split_items(orjson.dumps(startup(SECRET, serial="SN-1")), None, 10)[1]) == "SN-1"
     assert door.partition_key(split_items(b"not json", None, 10)[1]) == ""
+
+
+async def _store_twice(target: DatabaseTarget, settings: Settings, request: door.BufferedRequest):
+    pool = write_pool(settings, target.url)
+    await pool.open()
+    try:
+        service = await door.start_service(pool, settings)
+        try:
+            first = await door.store(service, request)
+            with pytest.raises(door.DatabaseUnavailable):
+                await door.store(service, request)
+        finally:
+            await service.stop()
+        async with pool.connection() as conn:
+            stored = await door.stored_results(conn, [request.request_id])
+    finally:
+        await pool.close()
+    return first, stored[request.request_id]
+
+
+def test_a_second_write_of_a_buffered_request_is_refused(fresh_db: DatabaseTarget) -> None:
+    """Two writers holding the same message at once: the ledger takes it once (migration 0004)."""
+    settings = make_settings(fresh_db)
+    request = _request(orjson.dumps([telemetry(device_id=8), {"device_id": 8}]), settings, "application/json", None)
+    first, stored = asyncio.run(_store_twice(fresh_db, settings, request))
+    assert [r.as_dict() for r in stored] == [r.as_dict() for r in first]
+    with psycopg.connect(fresh_db.url) as conn:
+        assert conn.execute("select count(*) from ingest.raw_record").fetchone() == (2,)
+
+
+def test_clients_cannot_take_a_buffered_request_id(fresh_db: DatabaseTarget) -> None:
+    """A direct-mode client's X-Request-ID becomes its rows' request id: `js-` ones are replaced."""
+    with TestClient(create_app(make_settings(fresh_db))) as client:
+        answer = client.post("/ingest", json=telemetry(), headers={"X-Request-ID": "js-" + "0" * 32})
+    assert answer.status_code == 200
+    assert not answer.headers["x-request-id"].startswith("js-")

@@ -47,8 +47,11 @@ def _finish(pipe: subprocess.Popen, timeout: float = 300) -> dict:
 
 def _no_doubles(conn: psycopg.Connection) -> None:
     """No request stored twice: one ledger row per (request id, batch index)."""
-    row = conn.execute("select count(*), count(distinct (request_id, batch_index)) from ingest.raw_record").fetchone()
-    assert row is not None and row[0] == row[1], f"a buffered request was stored twice: {row}"
+    doubled = conn.execute(
+        "select request_id, count(*) from ingest.raw_record group by request_id"
+        " having count(*) > count(distinct batch_index)"
+    ).fetchall()
+    assert doubled == [], f"buffered requests stored twice: {doubled[:5]}"
 
 
 def _sum(writers: list[Writer], sample: str) -> float:
@@ -61,7 +64,7 @@ def test_postgres_stopped_30s_under_full_load_loses_nothing(
 ) -> None:
     url = owned_pg.url("iot_buffered_pg")
     events, err = tmp_path / "events.ndjson", tmp_path / "pipe.err"
-    lines = generate_events(events, 150_000, seed=21)
+    lines = generate_events(events, 100_000, seed=21)
     env = buffer_env(nats_url, prefix, REQUEST_TIMEOUT_SECONDS="2")
     api = Api(url, tmp_path / "api.log", env_overrides=env).start()
     writers = [Writer(api.env(), tmp_path / f"writer{i}.log").start() for i in range(2)]
@@ -71,9 +74,8 @@ def test_postgres_stopped_30s_under_full_load_loses_nothing(
         owned_pg.stop("immediate")
         stopped = time.monotonic()
         before = count_results(err)
-        # While PostgreSQL is down the API keeps acknowledging: the stream holds what it accepts.
-        probe = httpx.post(api.base + "/ingest", json=[telemetry(device_id=77)], timeout=10)
-        assert probe.status_code == 202, probe.text
+        # While PostgreSQL is down the API stays ready and keeps acknowledging (the stream holds
+        # what it accepts): the pipe below gets no refusal at all.
         assert httpx.get(api.base + "/readyz", timeout=5).status_code == 200
         time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
         during = count_results(err) - before
@@ -81,19 +83,22 @@ def test_postgres_stopped_30s_under_full_load_loses_nothing(
         summary = _finish(pipe)
         assert summary["undelivered"] == 0 and summary["retried"] == 0, summary  # never a refusal
         assert during > 0, "the API answered nothing while the database was down"
-        drained = wait_drained(api.base, 300)
+        resumed = time.monotonic()
+        drained = wait_drained(api.base, 180)
+        caught_up = time.monotonic() - resumed
         assert _sum(writers, "ingest_buffer_store_retries_total") > 0, "the writers never waited for the database"
         results = line_results(api.base, pipe_results(err))
-        assert wait_stored(api.base, probe.json()["receipt"])[0]["status"] == "ok"
         with connect(url, autocommit=True) as conn:
             _no_doubles(conn)
             counts = reconcile(conn, lines, results)
-        assert counts["raw_rows"] == len(lines) + 1  # + the probe: no request stored twice
+        assert counts["raw_rows"] == len(lines)  # no request stored twice
     finally:
         for writer in writers:
             writer.kill()
         api.kill()
-    counts.update(accepted_while_down=during, dead_letters=drained["dead_letters"])
+    counts.update(
+        accepted_while_down=during, caught_up_seconds=round(caught_up, 1), dead_letters=drained["dead_letters"]
+    )
     print(f"\nFAULT buffered: PostgreSQL stopped {OUTAGE_SECONDS:.0f} s under load: {json.dumps(counts)}")
 
 

@@ -185,10 +185,15 @@ def wait_drained(base: str, timeout: float) -> dict[str, Any]:
     raise AssertionError(f"the buffer did not drain in {timeout:.0f} s: {state}")
 
 
-def receipt(base: str, receipt_id: str) -> dict[str, Any]:
-    answer = httpx.get(f"{base}/ingest/receipts/{receipt_id}", timeout=10)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
+def receipt(base: str, receipt_id: str, timeout: float = 10) -> dict[str, Any]:
+    """A receipt's state, retrying 503 (database or buffer unavailable) as a client does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = httpx.get(f"{base}/ingest/receipts/{receipt_id}", timeout=10)
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+        time.sleep(float(answer.headers.get("retry-after", "1")))
 
 
 def wait_stored(base: str, receipt_id: str, timeout: float = 30) -> list[dict[str, Any]]:
