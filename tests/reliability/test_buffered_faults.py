@@ -64,12 +64,12 @@ def test_postgres_stopped_30s_under_full_load_loses_nothing(
 ) -> None:
     url = owned_pg.url("iot_buffered_pg")
     events, err = tmp_path / "events.ndjson", tmp_path / "pipe.err"
-    lines = generate_events(events, 300_000, seed=21)
+    lines = generate_events(events, 150_000, seed=21)
     env = buffer_env(nats_url, prefix, REQUEST_TIMEOUT_SECONDS="2")
     api = Api(url, tmp_path / "api.log", env_overrides=env).start()
     writers = [Writer(api.env(), tmp_path / f"writer{i}.log").start() for i in range(2)]
     try:
-        pipe = start_pipe(api.base + "/ingest", events, err, batch=200, concurrency=4)
+        pipe = start_pipe(api.base + "/ingest", events, err, batch=100, concurrency=2)
         _stream_until(pipe, err, len(lines) // 10)
         owned_pg.stop("immediate")
         stopped = time.monotonic()
