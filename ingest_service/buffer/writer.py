@@ -29,6 +29,7 @@ from typing import Any
 
 import nats.errors
 import psycopg
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import start_http_server
@@ -238,6 +239,16 @@ class BufferWriter:
             await asyncio.sleep(STATE_REFRESH_SECONDS)
 
 
+async def _ensured(nc: NATS, settings: Settings) -> bool:
+    """Create or update the streams and the consumer; False (logged) while JetStream cannot answer."""
+    try:
+        await ensure_stream(nc.jetstream(timeout=10.0), settings)
+    except (nats.errors.Error, TimeoutError) as exc:
+        log.warning("JetStream did not set up the stream yet: %s", exc)
+        return False
+    return True
+
+
 async def run_writer(settings: Settings, metrics_port: int | None = None) -> None:
     """The writer process: its own pools and write service, until SIGTERM or SIGINT."""
     target = resolve_target(settings)
@@ -261,7 +272,10 @@ async def run_writer(settings: Settings, metrics_port: int | None = None) -> Non
             return
         nc = connecting.result()
         js = nc.jetstream(timeout=API_TIMEOUT_SECONDS)
-        await ensure_stream(js, settings)
+        while not await _ensured(nc, settings):
+            if stop.is_set():
+                return
+            await asyncio.sleep(1.0)
         writer = BufferWriter(settings, service, pool, js, metrics)
         running = asyncio.create_task(writer.run())
         log.warning(
