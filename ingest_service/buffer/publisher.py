@@ -27,7 +27,7 @@ from ingest_service.core.logging import new_request_id
 
 log = logging.getLogger(__name__)
 # Room for the headers NATS adds to ours (the publish subject and reply inbox travel outside the payload).
-HEADER_ALLOWANCE = 512
+HEADER_ALLOWANCE = 1024
 
 
 class BufferRefused(BufferUnavailable):
