@@ -291,7 +291,8 @@ def print_table(summary: dict[str, dict[str, Any]]) -> None:
 
         def fmt(key: str, spec: str, s: dict[str, Any] = s) -> str:
             value = s.get(key)
-            return format(value, spec) if value is not None else format("-", ">" + spec.lstrip(">").split(".")[0])
+            width = "".join(ch for ch in spec.split(",")[0].split(".")[0] if ch.isdigit())
+            return format(value, spec) if value is not None else format("-", f">{width}")
 
         print(
             f"{name:<14} {s['events_per_s']:>9,.0f} {fmt('requests_per_s', '>8,.0f')} {fmt('p50_ms', '>7.1f')} "
@@ -430,6 +431,9 @@ def _run(args: argparse.Namespace, db: BenchDatabase, js: BenchNats) -> int:
     report["summary"] = summary = summarize(results)
     report["drain"] = drained
     report["verification"] = verification = verify_buffered(buffered_db.url, accepted)
+    out = args.out or RESULTS_DIR / f"buffered-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
     print()
     print_table(summary)
     print(
@@ -437,9 +441,6 @@ def _run(args: argparse.Namespace, db: BenchDatabase, js: BenchNats) -> int:
         f"{args.writers} writer(s) = {drained['events_per_s']:,.0f} events/s; CPU {drained['cpu']}"
     )
     print(f"verification: {verification}")
-    out = args.out or RESULTS_DIR / f"buffered-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=str))
     print(f"results: {out}")
     return 0 if verification["ok"] else 1
 
