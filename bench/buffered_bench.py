@@ -175,13 +175,19 @@ def start_api(port: int, database_url: str, extra: dict[str, str], workers: int 
 
 
 async def _consumer_state(nats_url: str) -> tuple[int, int]:
+    """The consumer's lag and the stream's bytes; retried while a busy server is slow to answer."""
     nc = await nats.connect(nats_url)
     try:
-        names = BufferNames(STREAM, STREAM + "_DEAD", "writers", "bench", 16)
-        info = await nc.jetstream().consumer_info(names.stream, names.consumer)
-        return (info.num_pending or 0) + (info.num_ack_pending or 0), (
-            await nc.jetstream().stream_info(STREAM)
-        ).state.bytes
+        js = nc.jetstream(timeout=10)
+        for attempt in range(10):
+            try:
+                info = await js.consumer_info(STREAM, "writers", timeout=10)
+                stream = await js.stream_info(STREAM)
+                return (info.num_pending or 0) + (info.num_ack_pending or 0), stream.state.bytes
+            except TimeoutError:
+                if attempt == 9:
+                    raise
+        raise AssertionError("unreachable")
     finally:
         await nc.close()
 
@@ -419,6 +425,12 @@ def _run(args: argparse.Namespace, db: BenchDatabase, js: BenchNats) -> int:
             seconds = max(1.0, min(30.0, (args.drain_events - accepted) / 40_000))
             run_batch(b, 1000, args.clients, seconds, buffered_state, meters["buffered"], expect=202)
             accepted = buffered_state["expected_items"]
+        report["runs"] = results
+        report["summary"] = summarize(results)
+        partial = RESULTS_DIR / f"buffered-{dt.datetime.now():%Y%m%d-%H%M%S}-before-drain.json"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(report, indent=1, default=str))
+        print_table(report["summary"])
         stop_process(procs[0])  # the direct API's writers would compete for PostgreSQL during the drain
         print(f"draining a backlog of {accepted:,} events with {args.writers} writer(s) ...", flush=True)
         drained = drain(args, js.url, buffered_db.url, [*pg, nats_group])

@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import PoolTimeout
 
 from ingest_service.api.routes.receipts import buffer_exposition, buffer_readiness
-from ingest_service.api.schemas import Health
+from ingest_service.api.schemas import Health, Readiness
 from ingest_service.core.migrate import head_revision
 from ingest_service.core.observability import exposition
 
@@ -25,7 +25,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> Response:
     """The database is reachable, migrated to the schema this build expects, and the ledger takes
     writes: a lock that would block an insert into raw_record (or an exhausted pool) means unready.
