@@ -131,7 +131,11 @@ class Api:
             cmd, cwd=PROJECT_ROOT, env=self.env(), stdout=log, stderr=log, start_new_session=True
         )
         log.close()
-        self.wait_ready(timeout, until)
+        try:
+            self.wait_ready(timeout, until)
+        except BaseException:
+            self.kill()  # never leave a server behind that did not come up
+            raise
         return self
 
     def wait_ready(self, timeout: float, path: str = "/readyz") -> None:

@@ -135,6 +135,7 @@ class Writer:
         deadline = time.monotonic() + 60
         while self.metrics() is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.kill()
                 raise RuntimeError(f"writer did not start:\n{self.log_path.read_text()[-3000:]}")
             time.sleep(0.1)
         return self
