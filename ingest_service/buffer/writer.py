@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = (door.DatabaseUnavailable, psycopg.OperationalError, PoolTimeout)
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.25, 5.0
 STATE_REFRESH_SECONDS = 5.0
+FETCH_WAIT_SECONDS = 5.0
 
 
 class _Held:
@@ -114,7 +115,9 @@ class BufferWriter:
     async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self.stopping.is_set():
             try:
-                messages = await sub.fetch(self.settings.ingest_buffer_fetch_batch, timeout=1.0)
+                # A generous wait: messages the server sends after the client stopped waiting stay in
+                # the subscription, unextended, and come back as redeliveries after ack_wait.
+                messages = await sub.fetch(self.settings.ingest_buffer_fetch_batch, timeout=FETCH_WAIT_SECONDS)
             except TimeoutError:  # nothing to do (nats-py raises both its own and asyncio's)
                 continue
             except nats.errors.Error as exc:  # NATS reconnecting: the client retries on its own

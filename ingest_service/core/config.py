@@ -98,9 +98,10 @@ class Settings(BaseSettings):
     ingest_buffer_ack_wait_seconds: float = 30.0
     ingest_buffer_max_deliver: int = Field(default=5, ge=1)
     ingest_buffer_max_ack_pending: int = 20_000
-    # Each writer process runs this many pull loops, each fetching up to `fetch_batch` messages.
+    # Each writer process runs this many pull loops, each fetching up to `fetch_batch` messages (a
+    # message is a whole request: 16 batches of 1,000 events are a group of 16,000).
     ingest_buffer_fetchers: int = Field(default=4, ge=1)
-    ingest_buffer_fetch_batch: int = Field(default=64, ge=1)
+    ingest_buffer_fetch_batch: int = Field(default=16, ge=1)
 
     @model_validator(mode="after")
     def _refuse_placeholder_secret(self) -> Self:
