@@ -8,7 +8,7 @@ UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export DEV_MODE ?= 1
 
-.PHONY: install up test test-fast lint format bench bench-buffered dbt-docs clean-data
+.PHONY: install up test test-fast lint format bench bench-buffered bench-mqtt dbt-docs clean-data
 
 install: $(VENV)/.synced
 
@@ -51,6 +51,11 @@ bench-buffered: install
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk || true
 	@command -v nats-server >/dev/null || apt-get install -y -qq nats-server >/dev/null 2>&1 || sudo apt-get install -y -qq nats-server || true
 	$(BIN)/python -m bench.buffered_bench
+
+# The MQTT door beside the broker's own ceiling (Debian's mosquitto and mosquitto-clients).
+bench-mqtt: install
+	@command -v mosquitto_pub >/dev/null || apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1 || sudo apt-get install -y -qq mosquitto mosquitto-clients || true
+	$(BIN)/python -m bench.mqtt_bench
 
 dbt-docs: install
 	$(BIN)/iot-platform dbt docs generate

@@ -1,6 +1,7 @@
-"""The HTTP ceiling: the ingest API's own HTTP stack (uvicorn + uvloop + httptools, the FastAPI
-application and middleware of `ingest_service.main.http_stack`, same worker count) answering a
-no-op POST /ingest of the same body. Not part of the product.
+"""The HTTP ceiling: the ingest API's own HTTP stack (uvicorn + uvloop + httptools with the edge
+protocol and options of `ingest_service.core.server`, the FastAPI application and middleware of
+`ingest_service.main.http_stack`, same worker count) answering a no-op POST /ingest of the same
+body. Not part of the product.
 
     python -m bench.noop_app --port 8123 --workers 1
 """
@@ -46,6 +47,9 @@ app.include_router(router)
 def main() -> None:
     import uvicorn
 
+    from ingest_service.core.config import Settings
+    from ingest_service.core.server import prepare_server
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
@@ -56,10 +60,10 @@ def main() -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop="uvloop",
-        http="httptools",
         log_level="warning",
         access_log=False,
+        # the API's limits (its environment), without its secret checks: the no-op stores nothing
+        **prepare_server(Settings(dev_mode=True), args.workers),
     )
 
 

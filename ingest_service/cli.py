@@ -100,10 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_service_commands(sub: argparse._SubParsersAction) -> None:
-    """serve / publish / up: defined beside the processes they start."""
+    """serve / publish / up / mqtt: defined beside the processes they start."""
     from ingest_service import runner
+    from ingest_service.mqtt import bridge
 
     runner.register(sub)
+    bridge.register(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

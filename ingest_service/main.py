@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.telemetry import TelemetryConfig
 
+from ingest_service.analytics.catalog import ManifestCatalog
 from ingest_service.analytics.reader import (
     AnalyticsReader,
     AnalyticsUnavailable,
@@ -18,7 +22,9 @@ from ingest_service.analytics.reader import (
     analytics_url,
 )
 from ingest_service.api.main import ROUTERS
+from ingest_service.api.routes.analytics import install_metric_routes
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
+from ingest_service.api.security_headers import SecurityHeadersMiddleware
 from ingest_service.buffer.publisher import BufferPublisher
 from ingest_service.core.config import Settings, get_settings
 from ingest_service.core.database import resolve_target, write_pool
@@ -37,8 +43,11 @@ def _unique_id(route: APIRoute) -> str:
 def http_stack(**kwargs: Any) -> FastAPI:
     """The FastAPI application and middleware every route runs in, without routes. The ingest
     benchmark's no-op ceiling is built on it too, so both measure the same stack."""
-    app = FastAPI(generate_unique_id_function=_unique_id, telemetry=TELEMETRY, **kwargs)
+    # No /redoc: the OpenAPI pages are /docs (Swagger UI, under its own Content-Security-Policy) and
+    # /openapi.json.
+    app = FastAPI(generate_unique_id_function=_unique_id, telemetry=TELEMETRY, redoc_url=None, **kwargs)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(SecurityHeadersMiddleware, docs_path=app.docs_url or "/docs")
     return app
 
 
@@ -55,7 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         target = resolve_target(settings)
-        pool = write_pool(settings, target.url)
+        pool = write_pool(settings, target.url, "ingest_service")
         await pool.open(wait=False)
         service = IngestService(pool, settings)
         await service.start()
@@ -67,10 +76,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if settings.ingest_buffer == "jetstream":
             app.state.buffer = BufferPublisher(settings)
             await app.state.buffer.start()
+        # The analytics model routes follow the dbt manifest: a build that rewrites it swaps them.
+        watcher = asyncio.create_task(catalog.watch(partial(install_metric_routes, app)))
         freeze_startup_objects()
         try:
             yield
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             if app.state.buffer is not None:
                 await app.state.buffer.close()
             await analytics.close()
@@ -87,6 +101,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.buffer = None
     for router in ROUTERS:
         app.include_router(router)
+    # One route per dbt model with `meta.analytics` (none while dbt has not parsed the project yet).
+    catalog = ManifestCatalog(settings.dbt_manifest_path)
+    catalog.refresh()
+    install_metric_routes(app, catalog.catalog)
+    app.state.analytics_catalog = catalog
     app.add_exception_handler(AnalyticsUnavailable, analytics_error_response)  # type: ignore[arg-type]
     _add_event_schemas(app)
     return app

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 
 import httpx
 
@@ -16,8 +17,12 @@ from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import embedded_data_dir, resolve_target, stop_embedded, tool_environment
 
 PYTHON = sys.executable
-FIRST_BUILD_AFTER_DELAY = (
-    "import subprocess, sys, time; time.sleep(float(sys.argv[1])); sys.exit(subprocess.call(sys.argv[2:]))"
+# `up` builds the analytics models once without waiting for the first scheduled run, at a time fixed
+# when it starts, so the API can say when ("not built yet, first build at ...").
+FIRST_BUILD_DELAY_SECONDS = 60.0
+FIRST_BUILD_AT = (
+    "import subprocess, sys, time; time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
+    "sys.exit(subprocess.call(sys.argv[2:]))"
 )
 
 
@@ -42,6 +47,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ingest_service.core import migrate
     from ingest_service.core.logging import configure_json_logging
+    from ingest_service.core.server import prepare_server
 
     # No dev-mode default here: a production `serve` without a real PROVISION_SECRET refuses to start.
     settings = Settings()
@@ -66,12 +72,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        loop="uvloop",
-        http="httptools",
         log_level=args.log_level,
         log_config=None,  # keep the JSON logging configured above
         access_log=False,
         timeout_graceful_shutdown=30,
+        **prepare_server(settings, args.workers),
     )
     return 0
 
@@ -118,15 +123,14 @@ def _generator_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_publish(args: argparse.Namespace) -> int:
-    generator, pipe = publisher_pipeline(args.url, _generator_args(args), ["--batch", str(args.batch), "--progress"])
+    # One process that reads the API's answers, so provisioned devices report under their assigned id.
+    options = ["--url", args.url, *_generator_args(args), "--batch", str(args.batch), "--progress"]
+    simulator = subprocess.Popen([PYTHON, "-m", "publisher.simulate", *options], cwd=PROJECT_ROOT)
     try:
-        code = pipe.wait()
+        return simulator.wait()
     except KeyboardInterrupt:
-        code = 130
-    finally:
-        generator.terminate()
-        pipe.terminate()
-    return code
+        # The simulator got the Ctrl-C too: it stops generating and delivers what it has generated.
+        return simulator.wait()
 
 
 def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen | None = None) -> None:
@@ -215,23 +219,23 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGHUP, interrupt)
     try:
-        api = spawn(
-            "api", [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"], buffered
-        )
+        first_build_at = time.time() + FIRST_BUILD_DELAY_SECONDS
+        due = {"ANALYTICS_FIRST_BUILD_AT": datetime.fromtimestamp(first_build_at, UTC).isoformat()}
+        serve = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"]
+        api = spawn("api", serve, {**due, **(buffered or {})})
         wait_ready(api_url + "/readyz", process=api)
+        doors = _start_doors(settings, api_url, spawn)
         extras = _extra_services(args, env, spawn)
         if buffered:
             spawn("writer", [PYTHON, "-m", "ingest_service.cli", "writer"], buffered)
             extras.append(buffer_line + ", 1 writer (writer.log)")
-        # The analytics models should not wait for the first scheduled run: build them once the
-        # simulator has streamed for a minute.
         first_build = spawn(
             "dbt-first-build",
             [
                 PYTHON,
                 "-c",
-                FIRST_BUILD_AFTER_DELAY,
-                "60",
+                FIRST_BUILD_AT,
+                str(first_build_at),
                 PYTHON,
                 "-m",
                 "ingest_service.cli",
@@ -247,8 +251,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  database      {where}\n"
             f"                {target.url}\n"
             f"  ingest API    {api_url}/ingest   (docs {api_url}/docs, metrics {api_url}/metrics)\n"
+            f"  doors         {doors}\n"
             f"  dashboard     {api_url}/dashboard   (analytics API {api_url}/analytics/)\n"
-            f"  logs          {logs}/   (first dbt build of the analytics models: dbt-first-build.log)\n"
+            f"  logs          {logs}/   (first dbt build of the analytics models at "
+            f"{datetime.fromtimestamp(first_build_at, UTC):%H:%M:%S} UTC: dbt-first-build.log)\n"
             + "".join(line + "\n" for line in extras)
             + f"  simulator     {args.devices} devices at {args.rate:g} events/s, "
             f"{args.new_firmware_share:.0%} on the new mm firmware\n"
@@ -290,6 +296,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         _stop(started)
         if target.embedded and not pg_was_running:
             stop_embedded(settings)
+
+
+def _start_doors(settings: Settings, api_url: str, spawn) -> str:
+    """The ingest doors besides HTTP (docs/mqtt.md): the MQTT bridge when MQTT_URL is set."""
+    if not settings.mqtt_url:
+        return f"HTTP {api_url}/ingest; MQTT off (set MQTT_URL)"
+    from ingest_service.mqtt.bridge import BrokerAddress
+
+    try:
+        broker = BrokerAddress.from_url(settings.mqtt_url)
+    except ValueError as exc:
+        return f"HTTP {api_url}/ingest; MQTT off: {exc}"
+    spawn("mqtt", [PYTHON, "-m", "ingest_service.cli", "mqtt", "--no-migrate"])
+    prefix = settings.mqtt_topic_prefix
+    return f"HTTP {api_url}/ingest; MQTT {broker} {prefix}/+/telemetry, {prefix}/+/startup (log: mqtt.log)"
 
 
 def _extra_services(args: argparse.Namespace, env: dict[str, str], spawn) -> list[str]:

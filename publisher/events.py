@@ -9,9 +9,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import random
+from argparse import SUPPRESS
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 TICKS = "platform_extension_ticks"
 MM = "platform_extension_mm"
@@ -21,6 +23,8 @@ STARTUP = "device_startup"
 EVENT_TYPES = (TICKS, MM, BATTERY, HEIGHT)
 EXTENSION_TYPES = (TICKS, MM)
 
+# The development secret the API accepts in dev mode (ingest_service.core.config.DEV_PROVISION_SECRET).
+DEV_PROVISION_SECRET = "dev-secret"
 # Without a rate there is no natural step; 1 ms keeps a fast simulated run close to wall time.
 UNPACED_STEP_SECONDS = 0.001
 
@@ -95,28 +99,45 @@ class SimulatedClock:
         return now
 
 
-@dataclass(frozen=True, slots=True)
-class FleetConfig:
-    devices: int = 5
-    malformed_prob: float = 0.1
+def _share(value: float) -> float:
+    if not 0 <= value <= 1:
+        raise ValueError("must be within 0..1")
+    return value
+
+
+Share = Annotated[float, AfterValidator(_share)]
+
+
+class FleetConfig(BaseModel):
+    """The fleet's options (`publisher.settings.GeneratorSettings` reads them from the environment and
+    the command line)."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    devices: int = Field(5, ge=1, description="legacy devices, ids 1..N")
+    malformed_prob: Share = Field(0.1, description="share of deliberately malformed events")
     # None: the seed's behaviour, every device emits both extension formats at random.
     # A number: that share of devices runs the new mm firmware, the rest the legacy ticks firmware.
-    new_firmware_share: float | None = None
-    upgrade_rate: float = 0.0
-    provisioned_devices: int = 0
-    secret: str = "dev-secret"
-    firmware: str = "2.0.0"
-
-    def __post_init__(self) -> None:
-        if self.devices < 1:
-            raise ValueError("devices must be at least 1")
-        for name in ("malformed_prob", "upgrade_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} must be within 0..1")
-        if self.new_firmware_share is not None and not 0 <= self.new_firmware_share <= 1:
-            raise ValueError("new_firmware_share must be within 0..1")
-        if self.provisioned_devices < 0:
-            raise ValueError("provisioned_devices must not be negative")
+    new_firmware_share: Share | None = Field(
+        None,
+        description="enable the rollout: share of devices on the new mm firmware from the start; the others "
+        "emit ticks. Unset (and no --upgrade-rate): every device emits both formats, as the seed generator did",
+    )
+    upgrade_rate: Share = Field(
+        0.0,
+        description="per event, probability that the chosen legacy device upgrades: it sends a signed "
+        "device_startup naming its id, then emits mm",
+    )
+    provisioned_devices: int = Field(
+        0,
+        ge=0,
+        description="brand-new devices: K signed device_startup events without device_id open the stream; "
+        "under publisher.simulate each then reports (in mm) with the device_id the API assigned, while a "
+        "plain pipe cannot learn that id and they stay silent",
+    )
+    # Shared with the API, hence PROVISION_SECRET; never a visible option (it would show in `ps`).
+    secret: str = Field(DEV_PROVISION_SECRET, validation_alias="PROVISION_SECRET", repr=False, description=SUPPRESS)
+    firmware: str = Field("2.0.0", description="firmware version sent in device_startup")
 
     @property
     def rollout(self) -> bool:
@@ -125,7 +146,8 @@ class FleetConfig:
 
 
 class EventGenerator:
-    """A fleet of devices `1..devices`; iterate it for an endless stream of events."""
+    """A fleet of devices `1..devices`, plus the provisioned ones once the API has assigned their ids;
+    iterate it for an endless stream of events."""
 
     def __init__(self, config: FleetConfig, rng: random.Random, clock: Clock) -> None:
         self.config = config
@@ -137,9 +159,26 @@ class EventGenerator:
             ids = range(1, config.devices + 1)
             self.new_firmware = set(rng.sample(ids, round(share * config.devices)))
         self.upgraded: list[int] = []
+        # Brand-new devices, by the id the API assigned, in the order it answered. Appended from the
+        # thread that reads the answers while another iterates: a list only grows, so a reader that
+        # took its length can index it.
+        self.provisioned_ids: list[int] = []
+        self._provisioned_serials = {provisioned_serial(i) for i in range(1, config.provisioned_devices + 1)}
+        self._assigned: dict[str, int] = {}
+        self._brand_new: set[int] = set()
+
+    def provisioned(self, serial: str, device_id: int) -> None:
+        """The API answered `provisioned` with `device_id` for one of this fleet's brand-new devices:
+        from now on that device reports telemetry under that id."""
+        if serial in self._provisioned_serials and serial not in self._assigned:
+            self._assigned[serial] = device_id
+            self._brand_new.add(device_id)
+            self.provisioned_ids.append(device_id)
 
     def firmware_format(self, device_id: int) -> str | None:
         """The extension type a device emits, or None when it emits both (no rollout)."""
+        if device_id in self._brand_new:
+            return MM  # brand-new hardware runs the new firmware
         if not self.config.rollout:
             return None
         return MM if device_id in self.new_firmware else TICKS
@@ -155,10 +194,13 @@ class EventGenerator:
         cfg, rng = self.config, self.rng
         # Read once per event, malformed ones included, so the simulated clock steps once per line.
         now = self.clock()
-        device_id = rng.randint(1, cfg.devices)
+        # Without provisioned ids this is randint(1, devices), so seeded streams stay as they were.
+        pick = rng.randint(1, cfg.devices + len(self.provisioned_ids))
+        legacy = pick <= cfg.devices
+        device_id = pick if legacy else self.provisioned_ids[pick - cfg.devices - 1]
         if rng.random() < cfg.malformed_prob:
             return malformed_event(device_id, rng)
-        if cfg.upgrade_rate and device_id not in self.new_firmware and rng.random() < cfg.upgrade_rate:
+        if legacy and cfg.upgrade_rate and device_id not in self.new_firmware and rng.random() < cfg.upgrade_rate:
             self.new_firmware.add(device_id)
             self.upgraded.append(device_id)
             return startup_event(legacy_serial(device_id), now, cfg.secret, cfg.firmware, device_id)

@@ -1,21 +1,47 @@
-"""What the analytics routes may read: the dbt marts (one route each) and the curated example queries.
+"""What the analytics routes serve, generated from the dbt manifest.
 
-Every relation, column and SQL text comes from this module; a request only picks a name and binds
-filter values as parameters. `tests/analytics/test_catalog.py` checks the catalog against the dbt
-models' YAML, so a renamed or added column fails a test instead of a route.
+A dbt model is served as `GET /analytics/<name>` when its YAML says how (docs/analytics.md):
+
+    config:
+      meta:
+        analytics:
+          key: [device_id]            # required: the stable order (after the time column)
+          time_column: observed_at    # optional: `from`/`to` filter it, rows are ordered by it first
+          default_order: desc         # optional (asc)
+          filters: [source_type]      # optional: columns filterable by exact value
+          title: ...                  # optional (the model's name)
+          description: ...            # optional (the model's dbt description)
+
+The columns (in the YAML's order) and their types come from the model's `columns` and their
+`data_type`, the relation from the manifest's schema and alias: no Python file names a mart's
+columns or its schema. A model whose block cannot be served is left out, with the reason logged and
+listed by `GET /analytics/status`. `ManifestCatalog` re-reads the manifest when dbt rewrites it, so a
+new mart is served after `dbt build` without a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-# dbt data_type -> Python type of the JSON value.
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+# dbt data_type (normalised) -> Python type of the JSON value.
 PY_TYPES: dict[str, type] = {
-    "bigint": int,
-    "integer": int,
     "smallint": int,
+    "integer": int,
+    "bigint": int,
+    "real": float,
     "double precision": float,
     "numeric": float,
     "text": str,
@@ -23,341 +49,221 @@ PY_TYPES: dict[str, type] = {
     "date": date,
     "timestamp with time zone": datetime,
 }
+# PostgreSQL's other spellings of the same types.
+TYPE_ALIASES = {
+    "int2": "smallint",
+    "int": "integer",
+    "int4": "integer",
+    "int8": "bigint",
+    "float4": "real",
+    "float8": "double precision",
+    "float": "double precision",
+    "decimal": "numeric",
+    "varchar": "text",
+    "character varying": "text",
+    "bool": "boolean",
+    "timestamptz": "timestamp with time zone",
+}
+TIME_TYPES = {"date", "timestamp with time zone"}
+
+# Path segments the analytics router uses itself, and the query parameters every model route has:
+# a model or a filter by one of these names would be shadowed.
+RESERVED_NAMES = frozenset({"examples", "rollout", "status"})
+ROUTE_PARAMETERS = frozenset({"limit", "offset", "device_id", "from", "to", "order"})
+DEVICE_COLUMN = "device_id"  # a model with this column is filterable by device
+NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def normalize_type(data_type: str) -> str:
+    """`numeric(10,2)` -> `numeric`, `TIMESTAMPTZ` -> `timestamp with time zone`."""
+    words = " ".join(re.sub(r"\(.*?\)", " ", data_type.lower()).split())
+    return TYPE_ALIASES.get(words, words)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    data_type: str  # normalised, a key of PY_TYPES
+
+    @property
+    def py_type(self) -> type:
+        return PY_TYPES[self.data_type]
 
 
 @dataclass(frozen=True)
 class Metric:
-    """One dbt model in the analytics schema, exposed as `GET /analytics/<name>`."""
+    """One dbt model served as `GET /analytics/<name>`."""
 
     name: str
     title: str
     description: str
-    columns: tuple[tuple[str, str], ...]  # (column, dbt data_type), in the model's order
-    key: tuple[str, ...]  # stable order (and tie-breaker after the time column)
-    time_column: str | None = None  # filtered by from/to; ordered by it first
-    default_order: Literal["asc", "desc"] = "asc"
-    filters: tuple[str, ...] = ()  # text columns filterable by exact value
+    schema: str
+    identifier: str
+    columns: tuple[Column, ...]  # in the model's order
+    key: tuple[str, ...]
+    time_column: str | None
+    default_order: Literal["asc", "desc"]
+    filters: tuple[str, ...]
+
+    @property
+    def relation(self) -> sql.Identifier:
+        return sql.Identifier(self.schema, self.identifier)
+
+    @property
+    def relation_name(self) -> str:
+        return f"{self.schema}.{self.identifier}"
 
     @property
     def column_names(self) -> tuple[str, ...]:
-        return tuple(name for name, _ in self.columns)
+        return tuple(c.name for c in self.columns)
 
     @property
     def has_device(self) -> bool:
-        return "device_id" in self.column_names
+        return DEVICE_COLUMN in self.column_names
 
-    @property
-    def time_type(self) -> type | None:
-        if self.time_column is None:
-            return None
-        return PY_TYPES[dict(self.columns)[self.time_column]]
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
 
 
-def _cols(spec: str) -> tuple[tuple[str, str], ...]:
-    """'a:bigint, b:text' -> (('a', 'bigint'), ('b', 'text'))."""
-    out = []
-    for part in spec.split(","):
-        name, _, dtype = part.strip().partition(":")
-        out.append((name.strip(), dtype.strip()))
-    return tuple(out)
+class AnalyticsMeta(BaseModel):
+    """The `config.meta.analytics` block of a model's YAML."""
 
+    model_config = ConfigDict(extra="forbid")
 
-TS = "timestamp with time zone"
-DP = "double precision"
-
-METRICS: tuple[Metric, ...] = (
-    Metric(
-        "fct_rollout_format_share_daily",
-        "Rollout: format share per day",
-        "Per UTC day and extension format (legacy ticks, new mm): devices and readings on the format and "
-        "their share of the day's extension-reporting devices and readings.",
-        _cols(
-            f"report_date:date, payload_format:text, devices:bigint, readings:bigint, total_devices:bigint, "
-            f"total_readings:bigint, device_share:{DP}, reading_share:{DP}"
-        ),
-        key=("report_date", "payload_format"),
-        time_column="report_date",
-        filters=("payload_format",),
-    ),
-    Metric(
-        "fct_rollout_device_state_daily",
-        "Rollout: device states per day",
-        "Per UTC day: devices legacy-only, new-only or migrated (sent both formats) by the end of the day.",
-        _cols(
-            "report_date:date, legacy_only_devices:bigint, new_only_devices:bigint, migrated_devices:bigint, "
-            "total_devices:bigint"
-        ),
-        key=("report_date",),
-        time_column="report_date",
-    ),
-    Metric(
-        "fct_ingest_error_rate_daily",
-        "Ingest error rate per day",
-        "Per UTC day of receipt, payload format and rejection reason: errors, all errors of the format, "
-        "raw records of the format and the two rates.",
-        _cols(
-            f"report_date:date, payload_format:text, reason:text, errors:bigint, format_errors:bigint, "
-            f"raw_records:bigint, error_rate:{DP}, format_error_rate:{DP}"
-        ),
-        key=("report_date", "payload_format", "reason"),
-        time_column="report_date",
-        filters=("payload_format", "reason"),
-    ),
-    Metric(
-        "fct_readings_hourly",
-        "Hourly readings rollup",
-        "Per UTC hour, device and record type: reading count, min/max/avg/sum in the native unit and, for "
-        "platform extension, in mm.",
-        _cols(
-            f"hour_start:{TS}, device_id:bigint, record_type_id:smallint, record_type_name:text, "
-            f"payload_format:text, measure:text, unit:text, reading_count:bigint, min_value:{DP}, "
-            f"max_value:{DP}, avg_value:{DP}, sum_value:{DP}, min_mm:{DP}, max_mm:{DP}, avg_mm:{DP}, "
-            f"sum_mm:{DP}, first_observed_at:{TS}, last_observed_at:{TS}, last_ingested_at:{TS}"
-        ),
-        key=("device_id", "record_type_id"),
-        time_column="hour_start",
-        default_order="desc",
-        filters=("record_type_name", "payload_format", "measure"),
-    ),
-    Metric(
-        "v_platform_extension_mm",
-        "Unified platform extension (mm)",
-        "Every platform extension reading, legacy ticks and new mm, with its source value and the value "
-        "in mm converted at read time (20 ticks = 1 mm unless the device is calibrated).",
-        _cols(
-            f"device_id:bigint, observed_at:{TS}, source_type:text, source_format:text, source_value:{DP}, "
-            f"extension_mm:{DP}, is_calibrated:boolean, processed_record_id:bigint, ingested_at:{TS}"
-        ),
-        key=("processed_record_id",),
-        time_column="observed_at",
-        default_order="desc",
-        filters=("source_type", "source_format"),
-    ),
-    Metric(
-        "ingest_parse",
-        "Ingest outcome per raw record",
-        "One row per raw ledger record: its outcome (processed, duplicate, provisioned, error), device, "
-        "format and, for errors, the reason and detail.",
-        _cols(
-            f"raw_record_id:bigint, received_at:{TS}, request_id:text, batch_index:integer, outcome:text, "
-            f"parse_ok:boolean, device_id:bigint, processed_record_id:bigint, record_type_id:smallint, "
-            f"event_type:text, payload_format:text, reason:text, detail:text"
-        ),
-        key=("raw_record_id",),
-        time_column="received_at",
-        default_order="desc",
-        filters=("outcome", "payload_format", "reason", "event_type"),
-    ),
-    Metric(
-        "metric_counts_by_format",
-        "Readings and devices per format",
-        "Per platform extension record type (legacy ticks, new mm): readings and devices, all time.",
-        _cols("source_type:text, source_format:text, reading_count:bigint, device_count:bigint"),
-        key=("source_type",),
-    ),
-    Metric(
-        "metric_devices_both_formats",
-        "Devices reporting both formats",
-        "Devices that have reported platform extension in both legacy ticks and new mm, with counts and "
-        "the time span of each format.",
-        _cols(
-            f"device_id:bigint, legacy_ticks_readings:bigint, new_mm_readings:bigint, first_legacy_at:{TS}, "
-            f"last_legacy_at:{TS}, first_new_at:{TS}, last_new_at:{TS}"
-        ),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_recent_unified_readings",
-        "Most recent unified readings",
-        "The most recent platform extension readings across all devices and both formats, in mm "
-        "(as of the last dbt build).",
-        _cols(
-            f"recency_rank:bigint, device_id:bigint, observed_at:{TS}, source_type:text, source_value:{DP}, "
-            f"extension_mm:{DP}, processed_record_id:bigint"
-        ),
-        key=("recency_rank", "processed_record_id"),
-        filters=("source_type",),
-    ),
-    Metric(
-        "metric_avg_extension_by_source",
-        "Average extension by source format",
-        "Per device: mean extension in mm over new readings only, legacy readings only (converted), and all.",
-        _cols(
-            f"device_id:bigint, avg_new_only_mm:{DP}, avg_legacy_only_mm:{DP}, avg_all_mm:{DP}, "
-            f"new_readings:bigint, legacy_readings:bigint"
-        ),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_avg_extension_mm",
-        "Average extension (mm)",
-        "Per device: mean platform extension in mm over all readings (both formats).",
-        _cols(f"device_id:bigint, avg_extension_mm:{DP}, reading_count:bigint"),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_extension_vs_retraction",
-        "Extensions vs retractions",
-        "Per device: readings higher (extension), lower (retraction) or equal to the previous reading in mm.",
-        _cols("device_id:bigint, extensions:bigint, retractions:bigint, unchanged:bigint"),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_side_switches",
-        "Left/right side switches (all time)",
-        "Per device: left-to-right and right-to-left sign changes of the unified mm series, zero ignored.",
-        _cols("device_id:bigint, left_to_right:bigint, right_to_left:bigint, total_side_switches:bigint"),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_side_switches_last_hour",
-        "Left/right side switches (last hour)",
-        "Per device with readings in the hour before the last dbt build: side switches within that hour.",
-        _cols(
-            f"device_id:bigint, left_to_right:bigint, right_to_left:bigint, total_side_switches:bigint, "
-            f"window_start:{TS}"
-        ),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_battery_summary",
-        "Battery summary",
-        "Per device: min, max and mean battery charge (%) and the time of its latest reading.",
-        _cols(f"device_id:bigint, min_pct:{DP}, max_pct:{DP}, avg_pct:{DP}, reading_count:bigint, last_seen_at:{TS}"),
-        key=("device_id",),
-    ),
-    Metric(
-        "metric_platform_height",
-        "Platform height",
-        "Per device: min, max and mean platform height in mm.",
-        _cols(f"device_id:bigint, min_height_mm:{DP}, max_height_mm:{DP}, avg_height_mm:{DP}, reading_count:bigint"),
-        key=("device_id",),
-    ),
-)
-
-METRICS_BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
+    key: list[str] = Field(min_length=1)
+    time_column: str | None = None
+    default_order: Literal["asc", "desc"] = "asc"
+    filters: list[str] = []
+    title: str | None = None
+    description: str | None = None
 
 
 @dataclass(frozen=True)
-class Example:
-    """A curated, fixed query over the analytics schema (the seed's example queries)."""
+class Catalog:
+    metrics: Mapping[str, Metric]  # served models by name, in name order
+    relations: Mapping[str, sql.Identifier]  # every model of the manifest (the examples read them)
+    problems: Mapping[str, str]  # models with a meta.analytics block that are not served, and why
+    generated_at: str | None  # when dbt wrote the manifest
 
-    name: str
-    title: str
-    description: str
-    sql: str
-    reads: tuple[str, ...]  # relations it reads (for the empty-state message)
+    def relation(self, model: str) -> sql.Identifier:
+        return self.relations[model]
 
 
-# Unqualified names: analytics connections run with search_path = the analytics schema.
-EXAMPLES: tuple[Example, ...] = (
-    Example(
-        "counts_by_type",
-        "Legacy vs new: readings per format",
-        "How many platform extension readings (and devices) arrived in the legacy ticks format and in the "
-        "new mm format, with each format's share of the readings.",
-        """\
--- readings and devices per platform extension format, all time
-select
-    source_type,                    -- platform_extension_ticks (legacy) or platform_extension_mm (new)
-    source_format,                  -- legacy or new
-    reading_count,
-    device_count,
-    round((reading_count::numeric / sum(reading_count) over ()), 4)::float8 as reading_share
-from metric_counts_by_format
-order by source_type""",
-        ("metric_counts_by_format",),
-    ),
-    Example(
-        "devices_both_formats",
-        "Devices reporting both formats",
-        "Devices that sent platform extension in both formats: proof that upgraded devices keep their id "
-        "and that dual ingest works, with how long each device overlapped.",
-        """\
--- devices seen in both formats, and when each format was seen
-select
-    device_id,
-    legacy_ticks_readings,
-    new_mm_readings,
-    first_legacy_at,
-    last_legacy_at,
-    first_new_at,
-    last_new_at
-from metric_devices_both_formats
-order by device_id""",
-        ("metric_devices_both_formats",),
-    ),
-    Example(
-        "unified_recent",
-        "Most recent readings, unified to mm",
-        "The latest platform extension readings of all devices: the stored value in its own unit next to "
-        "the value in mm (ticks converted at read time, never rewritten).",
-        """\
--- the most recent readings, source value next to the unified mm value
-select
-    device_id,
-    observed_at,
-    source_type,
-    source_value,                   -- as stored: ticks or mm
-    extension_mm                    -- ticks / 20 (or the device calibration), mm as is
-from metric_recent_unified_readings
-order by recency_rank, processed_record_id""",
-        ("metric_recent_unified_readings",),
-    ),
-    Example(
-        "averages_compared",
-        "Average extension: new-only vs legacy-only vs unified",
-        "Per device, the mean extension in mm over its new readings, over its legacy readings converted, "
-        "and over both; a large gap between the first two hints at a calibration problem.",
-        """\
--- mean extension per device by source format, and the gap between the formats
-select
-    device_id,
-    avg_new_only_mm,
-    avg_legacy_only_mm,
-    avg_all_mm,
-    avg_new_only_mm - avg_legacy_only_mm as new_minus_legacy_mm,
-    new_readings,
-    legacy_readings
-from metric_avg_extension_by_source
-order by device_id""",
-        ("metric_avg_extension_by_source",),
-    ),
-    Example(
-        "side_switches",
-        "Left/right side switches, all time",
-        "Per device, how often the platform crossed from left (negative mm) to right (positive) and back, "
-        "on the unified series, ignoring centre (zero) readings. Most switches first.",
-        """\
--- side switches per device on the unified mm series (zero ignored), most first
-select
-    device_id,
-    left_to_right,
-    right_to_left,
-    total_side_switches
-from metric_side_switches
-order by total_side_switches desc, device_id""",
-        ("metric_side_switches",),
-    ),
-    Example(
-        "side_switches_last_hour",
-        "Left/right side switches, last hour",
-        "The same count restricted to the hour before the last dbt build (window_start tells which hour).",
-        """\
--- side switches in the last hour before the dbt build, most first
-select
-    device_id,
-    left_to_right,
-    right_to_left,
-    total_side_switches,
-    window_start
-from metric_side_switches_last_hour
-order by total_side_switches desc, device_id""",
-        ("metric_side_switches_last_hour",),
-    ),
-)
+def catalog_from_manifest(manifest: Mapping[str, Any]) -> Catalog:
+    metrics: dict[str, Metric] = {}
+    relations: dict[str, sql.Identifier] = {}
+    problems: dict[str, str] = {}
+    for node in manifest.get("nodes", {}).values():
+        if node.get("resource_type") != "model":
+            continue
+        relations[node["name"]] = sql.Identifier(node["schema"], node["alias"])
+        block = (node.get("config") or {}).get("meta", {}).get("analytics")
+        if block is None:
+            continue
+        try:
+            metric = _metric(node, block)
+        except (ValueError, ValidationError) as exc:
+            problems[node["name"]] = _problem(exc)
+            log.warning("analytics: dbt model %s is not served: %s", node["name"], problems[node["name"]])
+            continue
+        metrics[metric.name] = metric
+    return Catalog(
+        metrics={name: metrics[name] for name in sorted(metrics)},
+        relations=relations,
+        problems=problems,
+        generated_at=manifest.get("metadata", {}).get("generated_at"),
+    )
 
-EXAMPLES_BY_NAME: dict[str, Example] = {e.name: e for e in EXAMPLES}
 
-# Rows an example answers at most (the SQL has no LIMIT of its own so that it reads like the seed's).
-EXAMPLE_MAX_ROWS = 500
+def load_catalog(path: Path) -> Catalog:
+    with open(path, "rb") as file:
+        return catalog_from_manifest(json.load(file))
+
+
+def _metric(node: Mapping[str, Any], block: Any) -> Metric:
+    meta = AnalyticsMeta.model_validate(block)
+    name = node["name"]
+    if not NAME.fullmatch(name) or name in RESERVED_NAMES:
+        raise ValueError(f"the name {name!r} cannot be a route (reserved: {', '.join(sorted(RESERVED_NAMES))})")
+    columns = []
+    for column in node.get("columns", {}).values():
+        if not NAME.fullmatch(column["name"]) or column["name"].startswith("model_"):
+            raise ValueError(f"column {column['name']!r}: name must be lowercase letters, digits and _")
+        data_type = normalize_type(column.get("data_type") or "")
+        if data_type not in PY_TYPES:
+            raise ValueError(
+                f"column {column['name']!r}: data_type {column.get('data_type')!r} is not one of "
+                f"{', '.join(PY_TYPES)} (set `data_type` on every column)"
+            )
+        columns.append(Column(column["name"], data_type))
+    if not columns:
+        raise ValueError("the model's YAML lists no columns")
+    names = {c.name for c in columns}
+    unknown = [c for c in (*meta.key, *meta.filters, meta.time_column) if c is not None and c not in names]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: not a column of the model")
+    types = {c.name: c.data_type for c in columns}
+    if meta.time_column is not None and types[meta.time_column] not in TIME_TYPES:
+        raise ValueError(f"time_column {meta.time_column} must be a date or timestamp with time zone")
+    filters = tuple(f for f in dict.fromkeys(meta.filters) if f != DEVICE_COLUMN)  # device_id: always
+    clashing = [f for f in filters if f in ROUTE_PARAMETERS]
+    if clashing:
+        raise ValueError(f"filter {', '.join(clashing)} would shadow a route parameter")
+    return Metric(
+        name=name,
+        title=meta.title or name,
+        description=" ".join((meta.description or node.get("description") or "").split()),
+        schema=node["schema"],
+        identifier=node["alias"],
+        columns=tuple(columns),
+        key=tuple(meta.key),
+        time_column=meta.time_column,
+        default_order=meta.default_order,
+        filters=filters,
+    )
+
+
+def _problem(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        return "; ".join(f"meta.analytics.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return str(exc)
+
+
+class ManifestCatalog:
+    """The catalog of the manifest at `path`, re-read whenever dbt rewrites the file.
+
+    No manifest yet (dbt has never parsed or built on this host): `catalog` is None and the analytics
+    routes answer 503 `analytics_not_built`. A manifest being written (invalid JSON) is skipped until
+    it changes again; a manifest that disappears (`dbt clean`) leaves the last catalog in place.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.catalog: Catalog | None = None
+        self._seen: tuple[int, int, int] | None = None
+
+    def refresh(self) -> bool:
+        """Re-read the manifest if it changed since the last look; True when the catalog changed."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return False
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if signature == self._seen:
+            return False
+        self._seen = signature
+        try:
+            catalog = load_catalog(self.path)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("analytics: dbt manifest %s unreadable (%s); read again when it changes", self.path, exc)
+            return False
+        self.catalog = catalog
+        log.info("analytics: %d dbt models served from %s", len(catalog.metrics), self.path)
+        return True
+
+    async def watch(self, on_change: Callable[[Catalog], None], interval: float = 1.0) -> None:
+        """Look at the manifest every `interval` seconds (off the event loop: it is ~1 MB of JSON)."""
+        while True:
+            await asyncio.sleep(interval)
+            if await asyncio.to_thread(self.refresh) and self.catalog is not None:
+                on_change(self.catalog)

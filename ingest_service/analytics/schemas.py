@@ -1,13 +1,15 @@
-"""Response models of the analytics routes (one typed row model per metric, built from the catalog)."""
+"""Response models of the analytics routes (a typed row model per served model, from the catalog)."""
 
 from __future__ import annotations
 
 from datetime import date, datetime
+from functools import lru_cache
+from types import GenericAlias
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, create_model
 
-from ingest_service.analytics.catalog import METRICS, PY_TYPES, Metric
+from ingest_service.analytics.catalog import Metric
 
 
 class Page(BaseModel):
@@ -18,28 +20,27 @@ class Page(BaseModel):
 
 
 class MetricPageBase(BaseModel):
-    metric: str = Field(description="dbt model name (relation in the analytics schema)")
-    relation: str
+    metric: str = Field(description="dbt model name")
+    relation: str = Field(description="Where dbt built it (schema.relation)")
     description: str
     page: Page
     rows: list[Any]
 
 
-def _row_model(metric: Metric) -> type[BaseModel]:
-    fields: dict[str, Any] = {name: (PY_TYPES[dtype] | None, None) for name, dtype in metric.columns}
+@lru_cache(maxsize=256)
+def row_model(metric: Metric) -> type[BaseModel]:
+    fields: dict[str, Any] = {c.name: (c.py_type | None, None) for c in metric.columns}
     return create_model(f"{_camel(metric.name)}Row", **fields)
 
 
-def _page_model(metric: Metric, row: type[BaseModel]) -> type[MetricPageBase]:
-    return create_model(f"{_camel(metric.name)}Page", __base__=MetricPageBase, rows=(list[row], ...))
+@lru_cache(maxsize=256)
+def page_model(metric: Metric) -> type[MetricPageBase]:
+    rows: Any = GenericAlias(list, row_model(metric))  # list[<row model>], a class made at run time
+    return create_model(f"{_camel(metric.name)}Page", __base__=MetricPageBase, rows=(rows, ...))
 
 
 def _camel(name: str) -> str:
     return "".join(part.capitalize() for part in name.split("_"))
-
-
-ROW_MODELS: dict[str, type[BaseModel]] = {m.name: _row_model(m) for m in METRICS}
-PAGE_MODELS: dict[str, type[MetricPageBase]] = {m.name: _page_model(m, ROW_MODELS[m.name]) for m in METRICS}
 
 
 class MetricInfo(BaseModel):
@@ -57,6 +58,17 @@ class AnalyticsIndex(BaseModel):
     metrics: list[MetricInfo]
     examples_path: str
     max_limit: int
+
+
+class AnalyticsStatus(BaseModel):
+    built: bool = Field(description="True once dbt has built the analytics models on this database")
+    built_at: datetime | None = Field(
+        description="When the dbt build that last built the models began: their data is as of then"
+    )
+    first_build_at: datetime | None = Field(description="Before the first build: when it is due, if known")
+    detail: str
+    models: list[str] = Field(description="The dbt models served under /analytics/<model>")
+    not_served: dict[str, str] = Field(description="dbt models whose meta.analytics block is wrong, and why")
 
 
 class ExampleSummary(BaseModel):
@@ -98,7 +110,21 @@ class RolloutSeries(BaseModel):
 class AnalyticsError(BaseModel):
     status: Literal["error"] = "error"
     reason: str = Field(
-        description="not_built, not_permitted, schema_mismatch, query_timeout, database_unavailable, "
-        "analytics_not_configured, unauthorized, unknown_example"
+        description="analytics_not_built, not_permitted, schema_mismatch, query_timeout, database_unavailable, "
+        "analytics_not_configured, unauthorized, unknown_example, unknown_metric"
     )
     detail: str
+    first_build_at: datetime | None = Field(None, description="analytics_not_built: when the first build is due")
+
+
+class ParameterProblem(BaseModel):
+    parameter: str | None = Field(description="The query parameter (null: the parameters together)")
+    problem: str
+    type: str = Field(description="pydantic's error type, e.g. greater_than_equal, extra_forbidden")
+
+
+class AnalyticsValidationError(BaseModel):
+    status: Literal["error"] = "error"
+    reason: Literal["invalid_parameter"] = "invalid_parameter"
+    detail: str
+    errors: list[ParameterProblem]

@@ -2,36 +2,54 @@
 
 A buffered request travels as one JetStream message: the body as the client sent it (still gzip
 when it came gzip) and its request context in headers. A writer turns the message back into the
-items and context the HTTP route would have made (`decode`), stores them through the same service
-(`store`), and reads what a request already has in the ledger (`stored_results`), for receipts and
-to skip a redelivered message that is already stored.
+items and `Delivery` the HTTP route would have made (`decode`) and stores them through the same
+service (`store`); a receipt reads the stored results of its request (`recorded`).
 
-Until the write path takes delivery keys, a redelivered message is found by that look-up before the
-write, and a unique index on the buffered rows' (request id, batch index) (migration 0004) refuses
-the second write of a message two writers hold at once; the writer then retries and finds it. With
-delivery keys the write stage itself returns a repeated key's stored results, and both go
-(docs/scaling.md, "Redeliveries").
+Redelivery de-duplication: the message's id (`Nats-Msg-Id`, also the ledger's request id and the
+front of its receipt) is its delivery key (door "jetstream"). The write stage records the key in
+the same statement as the request's ledger rows, so a redelivery (after a writer crashed or lost an
+acknowledgement, also to a second writer while the first is still at work) is answered with the
+stored results and writes nothing: never a second raw row or fact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.core.config import Settings
-from ingest_service.ingest.body import BodyItem, BodyRejected, inflate, split_items
-from ingest_service.ingest.results import ItemResult, RequestMeta
-from ingest_service.ingest.service import DatabaseUnavailable, IngestService
+from ingest_service.core.logging import new_request_id
+from ingest_service.ingest import (
+    Answer,
+    BodyItem,
+    BodyRejected,
+    DatabaseUnavailable,
+    Delivery,
+    DeliveryKeyReused,
+    IngestService,
+    ItemResult,
+    parse,
+)
 
 # Re-exported: the buffer's other modules name the write path's types through this module alone.
-__all__ = ["BodyItem", "BodyRejected", "DatabaseUnavailable", "IngestService", "ItemResult", "RequestMeta"]
+__all__ = [
+    "Answer",
+    "BodyItem",
+    "BodyRejected",
+    "DatabaseUnavailable",
+    "Delivery",
+    "DeliveryKeyReused",
+    "IngestService",
+    "ItemResult",
+]
 
-# The ledger's request id of a buffered request: also its Nats-Msg-Id and the front of its receipt.
-# Only such ids are looked up (the partial index of migration 0004 covers them alone).
+DOOR = "jetstream"
+# The ledger's request id of a buffered request: also its Nats-Msg-Id, its delivery key and the
+# front of its receipt.
 REQUEST_ID_PREFIX = "js-"
 _REQUEST_ID = re.compile(r"js-[0-9a-f]{32}")
 MSG_ID = "Nats-Msg-Id"
@@ -42,15 +60,6 @@ REMOTE_ADDR = "Ingest-Remote-Addr"
 # own clock (see the README's "Buffered ingest" for what that changes for an old backlog).
 RECEIVED_AT = "Ingest-Received-At"
 
-# ingest_error keeps an item's reason, not its status: the status the API answers each reason with
-# (any other reason is `invalid`). tests/buffer/test_door.py holds this to the write path's answers.
-STATUS_OF_REASON = {
-    "invalid_token": "unauthorized",
-    "stale_startup": "unauthorized",
-    "too_many_failed_startups": "rate_limited",
-    "internal_error": "error",
-}
-
 
 class MalformedMessage(Exception):
     """A message on the requests' subjects that no API published (no request id)."""
@@ -59,7 +68,7 @@ class MalformedMessage(Exception):
 @dataclass(frozen=True, slots=True)
 class BufferedRequest:
     request_id: str
-    meta: RequestMeta
+    delivery: Delivery
     items: list[BodyItem]
 
 
@@ -67,13 +76,24 @@ def is_request_id(value: str) -> bool:
     return _REQUEST_ID.fullmatch(value) is not None
 
 
-def message_headers(request_id: str, meta: RequestMeta, received_at: float) -> dict[str, str]:
+def request_id_for(idempotency_key: str | None) -> str:
+    """A buffered request's id. With an Idempotency-Key it is derived from the key, so a retry is
+    published with the same Nats-Msg-Id (the stream drops it within its duplicate window) and
+    stored under the same delivery key (the writer answers it from the ledger, writing nothing)."""
+    if idempotency_key is None:
+        return REQUEST_ID_PREFIX + new_request_id()
+    return REQUEST_ID_PREFIX + hashlib.sha256(b"idempotency-key:" + idempotency_key.encode()).hexdigest()[:32]
+
+
+def message_headers(request_id: str, delivery: Delivery, received_at: float) -> dict[str, str]:
     headers = {MSG_ID: request_id, RECEIVED_AT: f"{received_at:.6f}"}
-    for name, value in ((CONTENT_TYPE, meta.content_type), (CONTENT_ENCODING, meta.content_encoding)):
+    for name, value in (
+        (CONTENT_TYPE, delivery.content_type),
+        (CONTENT_ENCODING, delivery.content_encoding),
+        (REMOTE_ADDR, delivery.remote_addr),
+    ):
         if value:
             headers[name] = value
-    if meta.remote_addr:
-        headers[REMOTE_ADDR] = meta.remote_addr
     return headers
 
 
@@ -88,7 +108,7 @@ def partition_key(items: list[BodyItem]) -> str:
 
 
 def decode(headers: Mapping[str, str] | None, data: bytes, settings: Settings) -> BufferedRequest:
-    """The items and context the HTTP route made of the same body. Raises BodyRejected when this
+    """The items and delivery the HTTP route made of the same body. Raises BodyRejected when this
     writer's limits refuse what the API accepted (their settings differ), MalformedMessage when the
     message has no request id."""
     headers = headers or {}
@@ -96,15 +116,18 @@ def decode(headers: Mapping[str, str] | None, data: bytes, settings: Settings) -
     if not is_request_id(request_id):
         raise MalformedMessage(f"no request id of this API in {MSG_ID}")
     content_type, encoding = headers.get(CONTENT_TYPE), headers.get(CONTENT_ENCODING)
-    body = inflate(data, encoding, settings.max_inflated_bytes)
-    _, items = split_items(body, content_type, settings.max_batch_items)
-    meta = RequestMeta(
+    parsed = parse(
+        data, content_type, encoding, max_inflated_bytes=settings.max_inflated_bytes, max_items=settings.max_batch_items
+    )
+    delivery = Delivery(
+        door=DOOR,
         request_id=request_id,
         content_type=content_type,
         content_encoding=encoding,
         remote_addr=headers.get(REMOTE_ADDR),
+        key=request_id,
     )
-    return BufferedRequest(request_id, meta, items)
+    return BufferedRequest(request_id, delivery, parsed.items)
 
 
 async def start_service(pool: AsyncConnectionPool, settings: Settings) -> IngestService:
@@ -114,41 +137,14 @@ async def start_service(pool: AsyncConnectionPool, settings: Settings) -> Ingest
     return service
 
 
-async def store(service: IngestService, request: BufferedRequest) -> list[ItemResult]:
-    """Through the same service as POST /ingest: one group commit, answered after it committed."""
-    return await service.ingest(request.items, request.meta)
+async def store(service: IngestService, request: BufferedRequest) -> Answer:
+    """Through the same service as POST /ingest: one group commit, answered after it committed.
+    `replayed`: an earlier delivery stored it, nothing was written now."""
+    return await service.ingest(request.items, request.delivery)
 
 
-# One result per raw row of the request, in input order (migration 0004's index: one row per index).
-STORED_RESULTS = """
-select r.request_id, r.id, p.id, d.processed_record_id, s.device_id, e.reason, e.detail, e.device_id
-from ingest.raw_record as r
-left join ingest.processed_record as p on p.raw_record_id = r.id
-left join ingest.raw_duplicate as d on d.raw_record_id = r.id
-left join ingest.device_startup as s on s.raw_record_id = r.id
-left join ingest.ingest_error as e on e.raw_record_id = r.id
-where r.request_id = any(%s::text[]) and r.request_id like 'js-%%'
-order by r.request_id, r.batch_index
-"""
-
-
-def _result(raw_id: int, fact: int | None, repeats: int | None, device: int | None, error: tuple) -> ItemResult:
-    reason, detail, error_device = error
-    if fact is not None:
-        return ItemResult(raw_id, "ok", processed_id=fact)
-    if repeats is not None:
-        return ItemResult(raw_id, "duplicate", processed_id=repeats)
-    if device is not None:
-        return ItemResult(raw_id, "provisioned", device_id=device)
-    status = STATUS_OF_REASON.get(reason, "invalid")
-    return ItemResult(raw_id, status, reason=reason, detail=detail, device_id=error_device)
-
-
-async def stored_results(conn: psycopg.AsyncConnection, request_ids: list[str]) -> dict[str, list[ItemResult]]:
-    """The results of the requests that are in the ledger, by request id. A request's rows commit
-    together, so a request is either absent or complete."""
-    cur = await conn.execute(STORED_RESULTS, (request_ids,))
-    out: dict[str, list[ItemResult]] = {}
-    for request_id, raw_id, fact, repeats, device, *error in await cur.fetchall():
-        out.setdefault(request_id, []).append(_result(raw_id, fact, repeats, device, tuple(error)))
-    return out
+async def recorded(service: IngestService, request_id: str) -> list[ItemResult] | None:
+    """The stored results of a buffered request, None while it is not stored (within
+    DELIVERY_KEY_WINDOW_SECONDS of its first store). Raises DatabaseUnavailable."""
+    answer = await service.recorded(DOOR, request_id)
+    return None if answer is None else answer.results

@@ -23,7 +23,6 @@ from ingest_service.buffer import door
 from ingest_service.buffer.stream import API_TIMEOUT_SECONDS, BufferNames, BufferState, BufferUnavailable, buffer_state
 from ingest_service.buffer.stream import connect as connect_nats
 from ingest_service.core.config import Settings
-from ingest_service.core.logging import new_request_id
 
 log = logging.getLogger(__name__)
 # Room for the headers NATS adds to ours (the publish subject and reply inbox travel outside the payload).
@@ -91,7 +90,7 @@ class BufferPublisher:
             )
         return self.js
 
-    async def publish(self, body: bytes, meta: door.RequestMeta, items: list[door.BodyItem]) -> Receipt:
+    async def publish(self, body: bytes, delivery: door.Delivery, items: list[door.BodyItem]) -> Receipt:
         """Publish the body as received; returns once the stream has stored it.
 
         The publish is retried with the same Nats-Msg-Id while the deadline allows: the stream keeps
@@ -103,12 +102,11 @@ class BufferPublisher:
         limit = self.nc.max_payload - HEADER_ALLOWANCE
         if len(body) > limit:
             raise door.BodyRejected(
-                413,
                 "body_too_large",
                 f"body of {len(body)} bytes exceeds the buffer's {limit}-byte message limit; split it or send it gzip",
             )
-        request_id = door.REQUEST_ID_PREFIX + new_request_id()
-        headers = door.message_headers(request_id, meta, time.time())
+        request_id = door.request_id_for(delivery.key)
+        headers = door.message_headers(request_id, delivery, time.time())
         subject = self.names.request_subject(door.partition_key(items))
         timeout = self.settings.ingest_buffer_publish_timeout_seconds
         deadline = time.monotonic() + timeout

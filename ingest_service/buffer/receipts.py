@@ -1,5 +1,5 @@
-"""What a receipt says: stored (with the final per-item results, read from the ledger by request id,
-their one home), accepted (still in the stream), dead-lettered, or unknown."""
+"""What a receipt says: stored (with the final per-item results, the write path's record of the
+request's delivery key), accepted (still in the stream), dead-lettered, or unknown."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from typing import Any, Literal
 
 import nats.errors
 import nats.js.errors
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ingest_service.buffer import door
 from ingest_service.buffer.publisher import BufferPublisher, BufferRefused, parse_receipt
@@ -33,34 +31,22 @@ class ReceiptState:
     detail: str | None = None
 
 
-async def _stored(pool: AsyncConnectionPool, request_id: str, timeout: float) -> list[dict[str, Any]] | None:
-    # A pool may hold several connections a restarted database closed: each fails once and leaves
-    # the pool, so a read (safe to repeat) is tried once more than the pool can hold.
-    attempts = pool.max_size + 1
-    for attempt in range(1, attempts + 1):
-        try:
-            async with pool.connection(timeout=timeout) as conn:
-                found = await door.stored_results(conn, [request_id])
-            break
-        except PoolTimeout as exc:
-            raise ReceiptsUnavailable(str(exc)) from exc
-        except psycopg.OperationalError as exc:
-            if attempt == attempts:
-                log.warning("reading a receipt failed: %s", exc)
-                raise ReceiptsUnavailable(str(exc)) from exc
-    results = found.get(request_id)
-    return [r.as_dict() for r in results] if results else None
+async def _stored(service: door.IngestService, request_id: str) -> list[dict[str, Any]] | None:
+    try:
+        results = await door.recorded(service, request_id)
+    except door.DatabaseUnavailable as exc:
+        log.warning("reading a receipt failed: %s", exc)
+        raise ReceiptsUnavailable(str(exc)) from exc
+    return [r.as_dict() for r in results] if results is not None else None
 
 
-async def receipt_state(
-    receipt: str, pool: AsyncConnectionPool, buffer: BufferPublisher | None, timeout: float
-) -> ReceiptState:
+async def receipt_state(receipt: str, service: door.IngestService, buffer: BufferPublisher | None) -> ReceiptState:
     """Raises ReceiptsUnavailable (database) or BufferRefused (NATS) when the answer cannot be known."""
     parsed = parse_receipt(receipt)
     if parsed is None:
         return ReceiptState("unknown", detail="not a receipt this API issues")
     request_id, seq = parsed
-    results = await _stored(pool, request_id, timeout)
+    results = await _stored(service, request_id)
     if results is not None:
         return ReceiptState("stored", results)
     if buffer is None:  # direct mode: only the ledger can tell
@@ -83,7 +69,7 @@ async def receipt_state(
     except (nats.errors.Error, TimeoutError) as exc:
         raise BufferRefused("buffer_unavailable", "the buffer (NATS) did not answer; retry later") from exc
     # A writer may have stored the request, and the stream dropped it, between the looks above.
-    results = await _stored(pool, request_id, timeout)
+    results = await _stored(service, request_id)
     if results is not None:
         return ReceiptState("stored", results)
     return ReceiptState("unknown", detail="no such request in the ledger or the buffer")

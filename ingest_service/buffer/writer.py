@@ -3,11 +3,10 @@ write path as POST /ingest.
 
 Each writer process runs `INGEST_BUFFER_FETCHERS` pull loops on the one durable consumer; JetStream
 hands each message to one of them, across every writer process. A loop fetches up to
-`INGEST_BUFFER_FETCH_BATCH` messages, skips those already in the ledger (a redelivery after a crash
-or a lost acknowledgement), stores the others concurrently (the write path commits them in groups)
-and acknowledges each message only after its commit. Two writers that hold the same message at once
-(a redelivery while the first is still at work) cannot both store it: migration 0004's unique index
-refuses the second write, which is retried and then finds the first.
+`INGEST_BUFFER_FETCH_BATCH` messages, stores them concurrently (the write path commits them in
+groups) and acknowledges each message only after its commit. Each message's id is its delivery key
+(buffer/door.py): a redelivery (after a crash or a lost acknowledgement, also to a second writer
+while the first is still at work) is answered from the ledger and writes nothing.
 
 - Database unavailable: the loop keeps its messages (telling JetStream it is still working on them,
   so they are not redelivered elsewhere), retries with a growing pause, and fetches nothing new
@@ -33,7 +32,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import start_http_server
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
 from ingest_service.buffer import door
 from ingest_service.buffer.metrics import WriterMetrics
@@ -86,13 +85,11 @@ class BufferWriter:
         self,
         settings: Settings,
         service: door.IngestService,
-        pool: AsyncConnectionPool,
         js: JetStreamContext,
         metrics: WriterMetrics,
     ) -> None:
         self.settings = settings
         self.service = service
-        self.pool = pool
         self.js = js
         self.names = BufferNames.of(settings)
         self.metrics = metrics
@@ -168,29 +165,32 @@ class BufferWriter:
 
     async def _attempt(self, pending: list[tuple[Msg, door.BufferedRequest]], held: _Held) -> None:
         """One try at the group. What must wait for the database stays in `held`."""
-        timeout = self.settings.request_timeout_seconds
-        async with self.pool.connection(timeout=timeout) as conn:
-            stored = await door.stored_results(conn, [r.request_id for _, r in pending])
         todo = []
         for msg, request in pending:
-            if request.request_id in stored:
-                await self._ack(msg, held, "already_stored")
-            elif msg.metadata.num_delivered > self.settings.ingest_buffer_max_deliver:
-                # delivered before, and never stored: a writer died on it, every time
-                await self._dead_letter(msg, "max_deliveries", "no writer stored it in its deliveries", held)
+            if msg.metadata.num_delivered > self.settings.ingest_buffer_max_deliver:
+                # delivered before, and maybe never stored: a writer died on it, every time
+                if await door.recorded(self.service, request.request_id) is not None:
+                    await self._ack(msg, held, "already_stored")
+                else:
+                    await self._dead_letter(msg, "max_deliveries", "no writer stored it in its deliveries", held)
             else:
                 todo.append((msg, request))
         outcomes = await asyncio.gather(*(door.store(self.service, r) for _, r in todo), return_exceptions=True)
         for (msg, request), outcome in zip(todo, outcomes, strict=True):
-            if isinstance(outcome, list):
-                self._count_items(outcome)
-                await self._ack(msg, held, "stored")
+            if isinstance(outcome, door.Answer):
+                if outcome.replayed:  # an earlier delivery stored it (and counted its items)
+                    await self._ack(msg, held, "already_stored")
+                else:
+                    self._count_items(outcome.results)
+                    await self._ack(msg, held, "stored")
+            elif isinstance(outcome, door.DeliveryKeyReused):  # an Idempotency-Key reused for another body
+                await self._dead_letter(msg, "idempotency_key_reused", str(outcome), held)
             elif not isinstance(outcome, UNAVAILABLE):  # unavailable: stays held, for the next try
                 await self._failed(msg, request, outcome, held)
 
     async def _ack(self, msg: Msg, held: _Held, outcome: str) -> None:
         held.discard(msg)
-        # Not confirmed: if the acknowledgement is lost, the redelivery finds the request stored.
+        # Not confirmed: if the acknowledgement is lost, the redelivery is answered from the ledger.
         with contextlib.suppress(nats.errors.Error):
             await msg.ack()
         self.metrics.messages.labels(outcome).inc()
@@ -255,7 +255,7 @@ async def _ensured(nc: NATS, settings: Settings) -> bool:
 async def run_writer(settings: Settings, metrics_port: int | None = None) -> None:
     """The writer process: its own pools and write service, until SIGTERM or SIGINT."""
     target = resolve_target(settings)
-    pool = write_pool(settings, target.url, application_name="ingest_writer")
+    pool = write_pool(settings, target.url, "jetstream_writer")
     await pool.open(wait=False)
     service = await door.start_service(pool, settings)
     metrics = WriterMetrics(METRICS.registry)
@@ -279,7 +279,7 @@ async def run_writer(settings: Settings, metrics_port: int | None = None) -> Non
             if stop.is_set():
                 return
             await asyncio.sleep(1.0)
-        writer = BufferWriter(settings, service, pool, js, metrics)
+        writer = BufferWriter(settings, service, js, metrics)
         running = asyncio.create_task(writer.run())
         log.warning(
             "writer started",

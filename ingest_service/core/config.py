@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal, Self
@@ -13,6 +14,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "secret", "dev-secret", "placeholder"}
 DEV_PROVISION_SECRET = "dev-secret"
+# Outside dev mode, PROVISION_SECRET and ANALYTICS_API_KEY must be at least this long (bytes):
+# 256 bits, the size of the HMAC-SHA256 key and beyond any guessing.
+MIN_SECRET_BYTES = 32
+GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_hex(32))'"
 
 
 class Settings(BaseSettings):
@@ -27,6 +32,17 @@ class Settings(BaseSettings):
     dev_mode: bool = False
     provision_secret: str = Field(default=DEV_PROVISION_SECRET, repr=False)
 
+    # The HTTP edge (ingest_service/core/server.py): how long the server waits on a client in each
+    # phase of a connection, how large a request head may be, how many connections a worker keeps.
+    keepalive_timeout_seconds: float = Field(default=5.0, gt=0)
+    header_read_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_read_timeout_seconds: float = Field(default=30.0, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
+    max_connections: int = Field(default=4096, ge=1)
+    # Proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (comma-separated addresses or
+    # networks, uvicorn's syntax); unset: nobody's, the peer address is the client's.
+    forwarded_allow_ips: str | None = None
+
     # Request limits: bigger bodies are refused (413) before anything is stored.
     max_body_bytes: int = 4 * 1024 * 1024
     max_inflated_bytes: int = 16 * 1024 * 1024
@@ -37,6 +53,9 @@ class Settings(BaseSettings):
     startup_replay_window_seconds: float = 24 * 3600.0
     failed_startups_per_serial: int = 5
     failed_startup_window_seconds: float = 60.0
+    # A delivery key (HTTP Idempotency-Key, a broker message's identity) is honoured this long after
+    # its first delivery: a repeat within it returns the stored results and writes nothing.
+    delivery_key_window_seconds: float = 24 * 3600.0
 
     # Write path: writers share a pool; a group waits at most the window, counted from its first
     # request's arrival, for more requests to share its transaction (group commit).
@@ -61,9 +80,13 @@ class Settings(BaseSettings):
     analytics_database_url: str | None = Field(default=None, repr=False)
     # Every analytics connection runs as this role (migration 0002's read-only group role), read-only.
     analytics_role: str = "iot_analyst"
-    analytics_schema: str = "analytics"
     analytics_pool_max_size: int = 4
     analytics_statement_timeout_seconds: float = 15.0
+    # The dbt manifest the analytics routes are generated from (marts with `meta.analytics`, their
+    # columns and relations), written by `dbt parse` / `dbt build`; re-read when it changes.
+    dbt_manifest_path: Path = PROJECT_ROOT / "dbt_project" / "target" / "manifest.json"
+    # When the first dbt build is due (`make up` sets it): "not built yet" answers say so.
+    analytics_first_build_at: datetime | None = None
 
     # JSON lines on stderr; INFO logs one access line per request.
     log_level: str = "WARNING"
@@ -103,20 +126,44 @@ class Settings(BaseSettings):
     ingest_buffer_fetchers: int = Field(default=4, ge=1)
     ingest_buffer_fetch_batch: int = Field(default=16, ge=1)
 
+    # MQTT door (`iot-platform mqtt`, docs/mqtt.md); `make up` starts it when MQTT_URL is set.
+    # mqtt://user:password@host:1883, or mqtts:// for TLS (the system's CA certificates).
+    mqtt_url: str | None = Field(default=None, repr=False)
+    # Fixed per bridge process: the broker keeps the session (subscriptions, unacknowledged and queued
+    # messages) of this id while the bridge is away. Each bridge of a shared group needs its own.
+    mqtt_client_id: str = "iot-ingest-bridge"
+    mqtt_topic_prefix: str = "devices"
+    # Bridges subscribe as `$share/<group>/...` and split the messages; empty: a plain subscription.
+    mqtt_shared_group: str = "ingest"
+    # Messages taken but not yet acknowledged (MQTT 5 Receive Maximum): the broker holds the rest
+    # while PostgreSQL is slow or down.
+    mqtt_inflight: int = 256
+    # How long the broker keeps the session and queues for it while the bridge is disconnected.
+    mqtt_session_expiry_seconds: int = 7 * 24 * 3600
+    mqtt_keepalive_seconds: int = 30
+
     @model_validator(mode="after")
-    def _refuse_placeholder_secret(self) -> Self:
-        if not self.dev_mode and self.provision_secret.strip().lower() in PLACEHOLDER_SECRETS:
-            raise ValueError(
-                "PROVISION_SECRET is unset or a placeholder; set a real secret, or DEV_MODE=1 for development"
-            )
+    def _refuse_weak_secret(self) -> Self:
+        if not self.dev_mode:
+            _check_secret("PROVISION_SECRET", self.provision_secret)
         return self
 
     @model_validator(mode="after")
-    def _refuse_placeholder_analytics_key(self) -> Self:
-        key = self.analytics_api_key
-        if not self.dev_mode and key is not None and key.strip().lower() in PLACEHOLDER_SECRETS:
-            raise ValueError("ANALYTICS_API_KEY is a placeholder; set a real key, or DEV_MODE=1 for development")
+    def _refuse_weak_analytics_key(self) -> Self:
+        if not self.dev_mode and self.analytics_api_key is not None:
+            _check_secret("ANALYTICS_API_KEY", self.analytics_api_key)
         return self
+
+
+def _check_secret(name: str, value: str) -> None:
+    """Outside dev mode a secret must be real: not a placeholder, at least MIN_SECRET_BYTES long."""
+    if value.strip().lower() in PLACEHOLDER_SECRETS:
+        problem = "is unset or a placeholder"
+    elif len(value.encode()) < MIN_SECRET_BYTES:
+        problem = f"is shorter than {MIN_SECRET_BYTES} bytes"
+    else:
+        return
+    raise ValueError(f"{name} {problem}; generate one with {GENERATE_SECRET}, or set DEV_MODE=1 for development")
 
 
 @lru_cache

@@ -7,13 +7,17 @@ process that started it exits, so the API, dbt, Dagster and the tests can share 
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import select
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
 from ingest_service.core.config import Settings
@@ -67,7 +71,11 @@ def start_embedded(settings: Settings) -> DatabaseTarget:
 
     pgdata = embedded_data_dir(settings)
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(pgdata, cleanup_mode=None)
+    # Processes that start together (pytest-xdist workers, `make up`'s children) would otherwise
+    # race to initdb the same folder on a fresh machine, and all but one fail.
+    with open(pgdata.parent / "pg.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server = pgserver.get_server(pgdata, cleanup_mode=None)
     socket_dir = server.get_postmaster_info().socket_dir
     url = "postgresql://postgres@/" + settings.database_name + "?" + urlencode({"host": str(socket_dir)})
     return DatabaseTarget(url, embedded=True)
@@ -130,20 +138,56 @@ def tool_environment(target: DatabaseTarget, base: dict[str, str] | None = None)
     return env
 
 
-def write_pool(settings: Settings, url: str, application_name: str = "ingest_service") -> AsyncConnectionPool:
-    """The write path's connection pool (the API's, and each `iot-platform writer`'s), not yet open."""
-    timeout_ms = int(settings.request_timeout_seconds * 1000)
-    return AsyncConnectionPool(
+# A connection attempt that fails is retried by psycopg_pool with a growing delay (1 s, 2 s, 4 s...):
+# after a long outage the pool would come back minutes late. Attempts give up after this long
+# instead; the next request that needs a connection starts a fresh attempt at once.
+POOL_RECONNECT_TIMEOUT_SECONDS = 1.0
+
+
+def connection_pool(url: str, **kwargs: Any) -> AsyncConnectionPool:
+    """An AsyncConnectionPool (not opened) that survives a database restart: every connection it
+    hands out is checked first, and the first dead one found makes it check all its idle ones at
+    once, so a restart costs one reconnect, not a failed request (or a back-off) per pooled connection.
+    """
+    pool: AsyncConnectionPool
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        if connection_looks_alive(conn):
+            return
+        await conn.close()  # so the pool discards it (and opens another) instead of keeping it
+        await pool.check()  # its idle peers died with it: replace them all now, not one per request
+        raise psycopg.OperationalError("the pooled connection was closed by the server")
+
+    pool = AsyncConnectionPool(url, check=check, reconnect_timeout=POOL_RECONNECT_TIMEOUT_SECONDS, **kwargs)
+    return pool
+
+
+def write_pool(settings: Settings, url: str, application_name: str) -> AsyncConnectionPool:
+    """The write path's pool, the same for every door (the API, the MQTT bridge, the JetStream
+    writer): autocommit, because a group of the common kind is one statement
+    (ingest.write_items), atomic on its own, and writes of several statements open a transaction
+    explicitly; the statement timeout is the request timeout."""
+    return connection_pool(
         url,
         min_size=settings.pool_min_size,
         max_size=settings.pool_max_size,
         open=False,
-        # autocommit: a group of the common kind is one statement (ingest.write_items), atomic on
-        # its own; writes of several statements open a transaction explicitly.
         kwargs={
-            "options": f"-c statement_timeout={timeout_ms}",
+            "options": f"-c statement_timeout={int(settings.request_timeout_seconds * 1000)}",
             "application_name": application_name,
             "autocommit": True,
         },
         timeout=settings.request_timeout_seconds,
     )
+
+
+def connection_looks_alive(conn: psycopg.AsyncConnection) -> bool:
+    """Whether an idle pooled connection still works, without a round trip. An idle connection has
+    nothing to read: a server that shut down or restarted sent its last error and closed the socket,
+    so anything readable (or a hang-up) means it is gone. One poll(2), no query."""
+    pgconn = conn.pgconn
+    if conn.closed or pgconn.status != ConnStatus.OK or pgconn.transaction_status != TransactionStatus.IDLE:
+        return False
+    poller = select.poll()  # not select(): descriptors beyond 1024 are normal in a busy API
+    poller.register(pgconn.socket, select.POLLIN)
+    return not poller.poll(0)

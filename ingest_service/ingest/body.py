@@ -1,7 +1,9 @@
-"""Turn a request body into ledger items: one per JSON object, array element or NDJSON line.
+"""Parse: a body (bytes) becomes ledger items, one per JSON object, array element or NDJSON line.
 
-Nothing here rejects an item: a body that does not parse still becomes an item (kept as text or
-bytes for the ledger) that carries the reason it cannot be processed.
+The first stage of the write path, the same for every door (`parse`). Nothing here rejects an item:
+a body that does not parse still becomes an item (kept as text or bytes for the ledger) that
+carries the reason it cannot be processed. Only a body over a limit, in an unsupported encoding or
+with a corrupt gzip stream is refused as a whole (`BodyRejected`), and then nothing is stored.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ def _has_long_number(data: bytes) -> bool:
 
 
 class BodyRejected(Exception):
-    """The body is refused as a whole and nothing is stored (413/415): the client keeps and retries it."""
+    """The body is refused as a whole and nothing is stored: the client keeps it, and splits or fixes
+    it before it retries. `reason` is machine-readable; each door says it its own way (HTTP: a status
+    per reason, `ingest_service.api.answers`)."""
 
-    def __init__(self, status_code: int, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
-        self.status_code = status_code
         self.reason = reason
         self.detail = detail
 
@@ -48,29 +51,67 @@ class BodyItem:
     parsed: Any  # the decoded JSON value, or UNPARSED
     parse_error: tuple[str, str] | None = None  # (reason, detail) when it is not usable JSON
 
+    def as_text(self) -> BodyItem:
+        """The same content as text (or bytes) only: the last resort for an item whose JSON the
+        ledger refused, so that it is still kept."""
+        text = self.payload if self.payload is not None else self.body_text
+        return BodyItem(None, text, self.body_bytes, UNPARSED)
+
+
+@dataclass(slots=True, frozen=True)
+class Parsed:
+    """A parsed body: its items in order, and whether it was a batch (an array or NDJSON, answered
+    with a list of results) rather than one event (answered with one result)."""
+
+    items: list[BodyItem]
+    is_batch: bool
+
+
+def parse(
+    body: bytes, content_type: str | None, content_encoding: str | None, *, max_inflated_bytes: int, max_items: int
+) -> Parsed:
+    """Inflate and split a body into items. Raises BodyRejected (nothing is stored) when the body is
+    over a limit, in an unsupported encoding, or not valid gzip."""
+    inflated = inflate(body, content_encoding, max_inflated_bytes)
+    is_batch, items = split_items(inflated, content_type, max_items)
+    return Parsed(items, is_batch)
+
+
+# A gzip body of more members is refused (413 too_many_gzip_members). One compressor writes one
+# member; concatenated files or per-line members stay far below this.
+MAX_GZIP_MEMBERS = 1000
+_GZIP_FIRST_SLICE, _GZIP_MAX_SLICE = 256, 1 << 20
+
 
 def inflate(body: bytes, encoding: str | None, max_inflated: int) -> bytes:
     encoding = (encoding or "identity").strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in SUPPORTED_ENCODINGS:
-        raise BodyRejected(415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
-    chunks: list[bytes] = []
-    size, data = 0, body
+        raise BodyRejected("unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip")
+    # A gzip body may be several members back to back (RFC 1952): inflate them all. Each member is
+    # fed in growing slices (zlib copies what is left of a slice past a member's end), so the work is
+    # linear in the body, and the members are capped: a body of empty members costs no more than
+    # MAX_GZIP_MEMBERS of them.
+    view, chunks, size, pos, members = memoryview(body), [], 0, 0, 0
     try:
-        while True:  # a gzip body may be several members back to back (RFC 1952): inflate them all
-            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunks.append(inflater.decompress(data, max_inflated + 1 - size))
-            size += len(chunks[-1])
-            if size > max_inflated or inflater.unconsumed_tail or not inflater.eof or not inflater.unused_data:
-                break
-            data = inflater.unused_data
+        while pos < len(body):
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                raise BodyRejected("too_many_gzip_members", f"the gzip body has more than {MAX_GZIP_MEMBERS} members")
+            inflater, step = zlib.decompressobj(16 + zlib.MAX_WBITS), _GZIP_FIRST_SLICE
+            while not inflater.eof:
+                if pos >= len(body):
+                    raise BodyRejected("invalid_gzip", "body is not valid gzip: the stream is truncated")
+                piece = view[pos : pos + step]
+                chunks.append(inflater.decompress(piece, max_inflated + 1 - size))
+                size += len(chunks[-1])
+                if size > max_inflated or inflater.unconsumed_tail:
+                    raise BodyRejected("inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
+                pos += len(piece) - len(inflater.unused_data)
+                step = min(2 * step, _GZIP_MAX_SLICE)
     except zlib.error as exc:
-        raise BodyRejected(400, "invalid_gzip", f"body is not valid gzip: {exc}") from exc
-    if size > max_inflated or inflater.unconsumed_tail:
-        raise BodyRejected(413, "inflated_too_large", f"gzip body inflates beyond the {max_inflated}-byte limit")
-    if body and not inflater.eof:
-        raise BodyRejected(400, "invalid_gzip", "body is not valid gzip: the stream is truncated")
+        raise BodyRejected("invalid_gzip", f"body is not valid gzip: {exc}") from exc
     return b"".join(chunks)
 
 
@@ -151,7 +192,7 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
     if media_type in NDJSON_TYPES:
         lines = [line for line in body.split(b"\n") if line.strip()]
         if len(lines) > max_items:
-            raise BodyRejected(413, "too_many_items", f"{len(lines)} items exceed the {max_items}-item limit")
+            raise BodyRejected("too_many_items", f"{len(lines)} items exceed the {max_items}-item limit")
         if not lines:
             return False, [_item_from_bytes(body)]
         return True, [_item_from_bytes(line) for line in lines]
@@ -159,7 +200,7 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
     item = _item_from_bytes(body)
     if isinstance(item.parsed, list):
         if len(item.parsed) > max_items:
-            raise BodyRejected(413, "too_many_items", f"{len(item.parsed)} items exceed the {max_items}-item limit")
+            raise BodyRejected("too_many_items", f"{len(item.parsed)} items exceed the {max_items}-item limit")
         if not item.parsed:
             item.parse_error = ("empty_batch", "the JSON array holds no events")
             return False, [item]

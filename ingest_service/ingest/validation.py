@@ -1,4 +1,8 @@
-"""Validate one decoded event against the record-type catalog. Pure: no I/O, no clock of its own."""
+"""The rules of one decoded event on its own: shape, record type and range, timestamp, startup token.
+
+Pure: no I/O, no clock of its own. Called only by the decide stage (decide.py), which adds the
+rules that need the database's state (failed startups of a serial, the device registry).
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """One database for the analytics tests: filled through the real ingest path, then built by dbt.
 
-Building takes a dbt run, so the database is shared by the package's tests (they only read it).
+Building takes a dbt run, so the database is shared by the package's tests (they only read it). The
+API under test reads the manifest of that build (DBT_MANIFEST_PATH), as it reads
+dbt_project/target/manifest.json in `make up`.
 """
 
 from __future__ import annotations
@@ -14,32 +16,51 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 from fastapi.testclient import TestClient
-from psycopg import sql
 
+from ingest_service.analytics.catalog import Catalog, load_catalog
 from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import DatabaseTarget, tool_environment
 from ingest_service.main import create_app
 from tests.utils.db import create_fresh_database, drop_database
 
-API_KEY = "analytics-test-key-0123456789"
+API_KEY = "analytics-test-key-0123456789abcdef0123"  # 32+ bytes: a key `serve` accepts
 ANALYST = "iot_analyst"
 DBT = PROJECT_ROOT / ".venv" / "bin" / "dbt"
-MIGRATIONS = PROJECT_ROOT / "ingest_service" / "migrations" / "versions"
+DBT_PROJECT = PROJECT_ROOT / "dbt_project"
+NO_MANIFEST = PROJECT_ROOT / ".data" / "no-such-dir" / "manifest.json"
+
+
+def served_models() -> list[str]:
+    """The marts whose YAML has a `meta.analytics` block (for parametrising tests at collection time;
+    test_catalog checks that the manifest's catalog serves exactly these)."""
+    names = []
+    for path in sorted((DBT_PROJECT / "models").rglob("*.yml")):
+        for model in yaml.safe_load(path.read_text()).get("models", []):
+            if "analytics" in model.get("config", {}).get("meta", {}):
+                names.append(model["name"])
+    return sorted(names)
 
 
 @dataclass(frozen=True)
 class AnalyticsDb:
     target: DatabaseTarget
     sent: list[dict]  # every event POSTed
+    manifest: Path  # of the dbt build that built it
+
+    @property
+    def catalog(self) -> Catalog:
+        return load_catalog(self.manifest)
 
 
-def analytics_settings(target: DatabaseTarget, **overrides: object) -> Settings:
+def analytics_settings(target: DatabaseTarget, manifest: Path = NO_MANIFEST, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "dev_mode": True,
         "database_url": target.url,
         "analytics_api_key": API_KEY,
         "group_commit_window_ms": 0.5,
+        "dbt_manifest_path": manifest,
     }
     values.update(overrides)
     return Settings(**values)
@@ -74,43 +95,36 @@ def make_events(now: float) -> list[dict]:
         ext(4, "platform_extension_mm", value, now - 50 * 60 + i * 60)
     for i, value in enumerate([-40, 40, -40]):
         ext(6, "platform_extension_mm", value, now - 30 * 60 + i * 60)
-    # Malformed items (stored as errors with a reason).
+    # Malformed items (stored as errors with a reason): enough reasons that the error-rate chart has
+    # more bars than its default height can label.
     events += [
         {},
         {"device_id": 1, "event_type": "platform_extension_ticks", "value": "high", "timestamp": now - 100},
         {"device_id": 2, "event_type": "platform_extension_mm", "value": 999, "timestamp": now - 100},
         {"device_id": 3, "event_type": "warp_drive", "value": 1, "timestamp": now - 100},
         {"device_id": 5, "event_type": "platform_extension_mm", "timestamp": now - 100},
+        {"device_id": 6, "event_type": "battery_charge", "value": 50, "timestamp": 86_400.0},
+        {"device_id": 6, "event_type": "battery_charge", "value": 50, "timestamp": now + 86_400},
+        {"device_id": 0, "event_type": "platform_height_mm", "value": 5, "timestamp": now - 100},
+        {"device_id": 2**31 + 5, "event_type": "platform_extension_mm", "value": 5, "timestamp": now - 100},
+        {"event_type": "device_startup", "serial": "not a serial!", "provision_token": "00", "timestamp": now},
+        {"event_type": "device_startup", "serial": "SN-000404", "provision_token": "00" * 32, "timestamp": now},
+        7,
     ]
-    assert all(math.isfinite(e.get("timestamp", 0)) for e in events)
+    assert all(math.isfinite(e.get("timestamp", 0)) for e in events if isinstance(e, dict))
     return events
 
 
-def ensure_analyst_role(target: DatabaseTarget) -> None:
-    """Until migration 0002 (roles) exists in this tree, make the analyst role the way it will: a NOLOGIN
-    group role that may read the analytics schema. With the migration present, rely on it."""
-    if any(MIGRATIONS.glob("0002_*.py")):
-        return
-    with psycopg.connect(target.url, autocommit=True) as conn:
-        exists = conn.execute("select 1 from pg_roles where rolname = %s", [ANALYST]).fetchone()
-        if not exists:
-            try:
-                conn.execute(sql.SQL("create role {} nologin").format(sql.Identifier(ANALYST)))
-            except psycopg.errors.DuplicateObject:  # created meanwhile by a parallel session
-                pass
-        conn.execute(sql.SQL("grant usage on schema analytics to {}").format(sql.Identifier(ANALYST)))
-        conn.execute(sql.SQL("grant select on all tables in schema analytics to {}").format(sql.Identifier(ANALYST)))
-
-
-def run_dbt(target: DatabaseTarget, work: Path, *args: str) -> subprocess.CompletedProcess:
+def run_dbt(target: DatabaseTarget, work: Path, *args: str, project: Path = DBT_PROJECT) -> subprocess.CompletedProcess:
+    """dbt in `project` against `target`, its target folder (manifest.json...) under `work`."""
     return subprocess.run(
         [
             str(DBT),
             *args,
             "--project-dir",
-            str(PROJECT_ROOT / "dbt_project"),
+            str(project),
             "--profiles-dir",
-            str(PROJECT_ROOT / "dbt_project"),
+            str(DBT_PROJECT),
             "--target-path",
             str(work / "target"),
             "--log-path",
@@ -142,8 +156,7 @@ def analytics_db(
             target, work, "build", "--exclude-resource-type", "test", "--exclude-resource-type", "unit_test"
         )
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-        ensure_analyst_role(target)
-        yield AnalyticsDb(target, events)
+        yield AnalyticsDb(target, events, work / "target" / "manifest.json")
     finally:
         drop_database(pg_server, target.parts["dbname"])
 
@@ -151,7 +164,7 @@ def analytics_db(
 @pytest.fixture(scope="package")
 def api(analytics_db: AnalyticsDb) -> Iterator[TestClient]:
     """The app against the built database; requests carry the key unless a test overrides the header."""
-    app = create_app(analytics_settings(analytics_db.target))
+    app = create_app(analytics_settings(analytics_db.target, analytics_db.manifest))
     with TestClient(app, headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         yield client
 

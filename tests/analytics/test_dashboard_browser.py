@@ -1,23 +1,30 @@
 """The dashboard in a real browser: headless Chromium (Debian's package) against `iot-platform serve`.
 
 Chromium dumps the DOM after a virtual-time budget; the page's script marks each canvas with
-data-rendered / data-points after Chart.js has drawn it, and tables carry data-table / data-row.
+data-rendered / data-points (and the error-rate chart data-ticks) after Chart.js has drawn it, and
+tables carry data-table / data-row.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC
 from html.parser import HTMLParser
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from tests.analytics.conftest import API_KEY, AnalyticsDb
+from ingest_service.core.database import DatabaseTarget
+from tests.analytics.conftest import API_KEY, NO_MANIFEST, AnalyticsDb
 from tests.utils.processes import running_api
+
+SECRET = "browser-test-provision-secret-0123456789"
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -44,7 +51,9 @@ CHROMIUM_FLAGS = [
 @pytest.fixture(scope="module")
 def server(analytics_db: AnalyticsDb) -> Iterator[str]:
     """A real `iot-platform serve` process on a free port, with the analytics key configured."""
-    with running_api(analytics_db.target, "browser-test-secret", ANALYTICS_API_KEY=API_KEY) as base:
+    with running_api(
+        analytics_db.target, SECRET, ANALYTICS_API_KEY=API_KEY, DBT_MANIFEST_PATH=str(analytics_db.manifest)
+    ) as base:
         yield base
 
 
@@ -108,23 +117,35 @@ class Dom(HTMLParser):
 
 
 def test_dashboard_renders_charts_and_tables_with_data(server: str, analytics_db: AnalyticsDb, tmp_path: Path) -> None:
-    dom = Dom(dump_dom(f"{server}/dashboard?key={API_KEY}&refresh=3", tmp_path / "profile", budget_ms=10000))
+    html = dump_dom(f"{server}/dashboard?key={API_KEY}&refresh=3", tmp_path / "profile", budget_ms=10000)
+    dom = Dom(html)
+    catalog = analytics_db.catalog
+
+    def one(query: str, *models: str) -> list[tuple]:
+        with psycopg.connect(analytics_db.target.url) as conn:
+            return conn.execute(sql.SQL(query).format(*(catalog.relation(m) for m in models))).fetchall()
 
     body = dom.first("body")
     assert body["data-state"] == "ready", body
-    assert int(body["data-refreshes"]) >= 2  # it refreshed on its own
+    assert int(body["data-refreshes"]) >= 2  # it checked for a new build on its own...
+    assert body["data-loads"] == "1"  # ...and, there being none, did not reload the same data
+    # "data as of <the last build>", not "refreshes every ..."
+    ((built_at,),) = one("select built_at from {}", "analytics_build")
+    status = re.search(r'<div id="status"[^>]*>([^<]*)</div>', html)
+    assert status is not None
+    assert status.group(1) == f"data as of {built_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC (last dbt build)"
+    assert "refreshes every" not in html
 
     for chart in ("chart-format-share", "chart-device-states", "chart-error-rate"):
         canvas = dom.first("canvas", id=chart)
         assert canvas.get("data-rendered") == "true", (chart, canvas)
         assert int(canvas["data-points"]) > 0
+    errors = dom.first("canvas", id="chart-error-rate")
+    assert int(errors["data-points"]) >= 10 and errors["data-ticks"] == errors["data-points"]  # every bar labelled
 
-    with psycopg.connect(analytics_db.target.url) as conn:
-        counts = dict(
-            conn.execute("select source_type, reading_count from analytics.metric_counts_by_format").fetchall()
-        )
-        switches = conn.execute("select count(*) from analytics.metric_side_switches").fetchone()[0]
-        reasons = {r for (r,) in conn.execute("select distinct reason from analytics.fct_ingest_error_rate_daily")}
+    counts = dict(one("select source_type, reading_count from {}", "metric_counts_by_format"))
+    ((switches,),) = one("select count(*) from {}", "metric_side_switches")
+    reasons = {r for (r,) in one("select distinct reason from {}", "fct_ingest_error_rate_daily")}
 
     # The default metric table: counts by format, as the model has them.
     rows = dom.tables["metric_counts_by_format"]
@@ -167,3 +188,22 @@ def test_dashboard_asks_for_the_key(server: str, tmp_path: Path) -> None:
     assert dom.first("body")["data-state"] == "needs-key"
     assert "hidden" not in dom.first("form", id="key-form")
     assert not any(rows for rows in dom.tables.values())
+
+
+def test_dashboard_says_not_built_yet_and_when(fresh_db: DatabaseTarget, tmp_path: Path) -> None:
+    """Before the first dbt build: one notice with the time the first build is due, no empty charts."""
+    with running_api(
+        fresh_db,
+        SECRET,
+        ANALYTICS_API_KEY=API_KEY,
+        DBT_MANIFEST_PATH=str(NO_MANIFEST),
+        ANALYTICS_FIRST_BUILD_AT="2031-05-06T07:08:09Z",
+    ) as base:
+        html = dump_dom(f"{base}/dashboard?key={API_KEY}&refresh=0", tmp_path / "profile", budget_ms=4000)
+    dom = Dom(html)
+    assert dom.first("body")["data-state"] == "not-built"
+    assert "hidden" not in dom.first("p", id="notice") and "hidden" in dom.first("main")
+    notice = re.search(r'<p id="notice"[^>]*><strong>([^<]*)</strong>', html)
+    assert notice is not None and notice.group(1) == (
+        "The analytics models are not built yet, first build at 2031-05-06 07:08:09 UTC"
+    )

@@ -12,19 +12,26 @@ from fastapi.testclient import TestClient
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from ingest_service.analytics.catalog import EXAMPLES, METRICS, METRICS_BY_NAME, Metric
-from ingest_service.analytics.schemas import ROW_MODELS
-from ingest_service.api.routes.analytics import MAX_LIMIT
+from ingest_service.analytics.catalog import Catalog, Metric
+from ingest_service.analytics.examples import EXAMPLES
+from ingest_service.analytics.parameters import MAX_LIMIT
+from ingest_service.analytics.schemas import row_model
+from tests.analytics.conftest import AnalyticsDb, served_models
 
 
-def model_rows(db: psycopg.Connection, name: str, where: str = "", params: tuple = ()) -> list[dict]:
-    query = sql.SQL("select * from {}" + where).format(sql.Identifier("analytics", name))
+@pytest.fixture(scope="module")
+def catalog(analytics_db: AnalyticsDb) -> Catalog:
+    return analytics_db.catalog
+
+
+def model_rows(db: psycopg.Connection, catalog: Catalog, name: str, where: str = "", params: tuple = ()) -> list[dict]:
+    query = sql.SQL("select * from {}" + where).format(catalog.relation(name))
     return db.cursor(row_factory=dict_row).execute(query, params).fetchall()
 
 
 def normalized(metric: Metric, rows: list[dict]) -> list[tuple]:
-    """Rows as typed tuples in the catalog's column order (JSON and database values compare equal)."""
-    model = ROW_MODELS[metric.name]
+    """Rows as typed tuples in the model's column order (JSON and database values compare equal)."""
+    model = row_model(metric)
     out = [tuple(model.model_validate(row).model_dump()[c] for c in metric.column_names) for row in rows]
     return sorted(out, key=repr)
 
@@ -37,7 +44,7 @@ def all_pages(api: TestClient, metric: Metric, page_size: int, **params: object)
         response = api.get(f"/analytics/{metric.name}", params={**params, "limit": page_size, "offset": offset})
         assert response.status_code == 200, response.text
         body = response.json()
-        assert body["metric"] == metric.name and body["relation"] == f"analytics.{metric.name}"
+        assert body["metric"] == metric.name and body["relation"] == f"{metric.schema}.{metric.name}"
         assert body["page"]["returned"] == len(body["rows"]) <= page_size
         rows += body["rows"]
         offset = body["page"]["next_offset"]
@@ -46,9 +53,12 @@ def all_pages(api: TestClient, metric: Metric, page_size: int, **params: object)
     return rows
 
 
-@pytest.mark.parametrize("metric", METRICS, ids=lambda m: m.name)
-def test_each_metric_route_returns_its_model_rows(api: TestClient, db: psycopg.Connection, metric: Metric) -> None:
-    expected = model_rows(db, metric.name)
+@pytest.mark.parametrize("name", served_models())
+def test_each_metric_route_returns_its_model_rows(
+    api: TestClient, db: psycopg.Connection, catalog: Catalog, name: str
+) -> None:
+    metric = catalog.metrics[name]
+    expected = model_rows(db, catalog, metric.name)
     assert expected, f"the test data should give {metric.name} rows"
     page_size = max(1, math.ceil(len(expected) / 4))  # several pages each
     got = all_pages(api, metric, page_size)
@@ -66,20 +76,21 @@ def test_rows_come_in_the_metric_order(api: TestClient) -> None:
     assert days == sorted(days) and len(set(days)) >= 3
 
 
-def test_device_filter(api: TestClient, db: psycopg.Connection) -> None:
+def test_device_filter(api: TestClient, db: psycopg.Connection, catalog: Catalog) -> None:
     for name in ("v_platform_extension_mm", "metric_side_switches", "fct_readings_hourly", "ingest_parse"):
-        metric = METRICS_BY_NAME[name]
+        metric = catalog.metrics[name]
         got = all_pages(api, metric, MAX_LIMIT, device_id=4)
         assert got and {r["device_id"] for r in got} == {4}
-        assert normalized(metric, got) == normalized(metric, model_rows(db, name, " where device_id = %s", (4,)))
+        expected = model_rows(db, catalog, name, " where device_id = %s", (4,))
+        assert normalized(metric, got) == normalized(metric, expected)
 
 
-def test_time_window_is_from_inclusive_to_exclusive(api: TestClient, db: psycopg.Connection) -> None:
-    metric = METRICS_BY_NAME["v_platform_extension_mm"]
-    times = sorted({r["observed_at"] for r in model_rows(db, metric.name)})
+def test_time_window_is_from_inclusive_to_exclusive(api: TestClient, db: psycopg.Connection, catalog: Catalog) -> None:
+    metric = catalog.metrics["v_platform_extension_mm"]
+    times = sorted({r["observed_at"] for r in model_rows(db, catalog, metric.name)})
     start, end = times[10], times[30]
     got = all_pages(api, metric, MAX_LIMIT, **{"from": start.isoformat(), "to": end.isoformat()})
-    expected = model_rows(db, metric.name, " where observed_at >= %s and observed_at < %s", (start, end))
+    expected = model_rows(db, catalog, metric.name, " where observed_at >= %s and observed_at < %s", (start, end))
     assert normalized(metric, got) == normalized(metric, expected)
     assert min(r["observed_at"] for r in expected) == start and len({r["observed_at"] for r in expected}) == 20
     # A time without an offset is UTC.
@@ -88,17 +99,17 @@ def test_time_window_is_from_inclusive_to_exclusive(api: TestClient, db: psycopg
     assert normalized(metric, again) == normalized(metric, expected)
 
 
-def test_date_window_and_text_filters(api: TestClient, db: psycopg.Connection) -> None:
-    metric = METRICS_BY_NAME["fct_rollout_format_share_daily"]
-    days = sorted({r["report_date"] for r in model_rows(db, metric.name)})
+def test_date_window_and_text_filters(api: TestClient, db: psycopg.Connection, catalog: Catalog) -> None:
+    metric = catalog.metrics["fct_rollout_format_share_daily"]
+    days = sorted({r["report_date"] for r in model_rows(db, catalog, metric.name)})
     got = all_pages(api, metric, 10, **{"from": days[1].isoformat(), "payload_format": "new"})
-    expected = model_rows(db, metric.name, " where report_date >= %s and payload_format = 'new'", (days[1],))
+    expected = model_rows(db, catalog, metric.name, " where report_date >= %s and payload_format = 'new'", (days[1],))
     assert expected and normalized(metric, got) == normalized(metric, expected)
 
-    parse = METRICS_BY_NAME["ingest_parse"]
+    parse = catalog.metrics["ingest_parse"]
     errors = all_pages(api, parse, 100, outcome="error")
     assert errors and normalized(parse, errors) == normalized(
-        parse, model_rows(db, "ingest_parse", " where outcome = 'error'")
+        parse, model_rows(db, catalog, "ingest_parse", " where outcome = 'error'")
     )
     assert {r["reason"] for r in errors} >= {"wrong_type", "value_out_of_range", "unknown_event_type"}
 
@@ -106,7 +117,10 @@ def test_date_window_and_text_filters(api: TestClient, db: psycopg.Connection) -
 def test_pagination_bounds(api: TestClient) -> None:
     path = "/analytics/v_platform_extension_mm"
     for params in ({"limit": 0}, {"limit": MAX_LIMIT + 1}, {"offset": -1}, {"limit": "ten"}, {"device_id": 0}):
-        assert api.get(path, params=params).status_code == 422, params
+        response = api.get(path, params=params)
+        assert response.status_code == 422, params
+        body = response.json()
+        assert body["reason"] == "invalid_parameter" and [e["parameter"] for e in body["errors"]] == list(params)
     body = api.get(path, params={"limit": MAX_LIMIT}).json()
     assert body["page"] == {"limit": MAX_LIMIT, "offset": 0, "returned": len(body["rows"]), "next_offset": None}
     assert api.get(path).json()["page"]["limit"] == 100  # the default page
@@ -118,17 +132,20 @@ def test_pagination_bounds(api: TestClient) -> None:
     assert api.get("/analytics/fct_rollout_device_state_daily", params={"from": "2026-13-01"}).status_code == 422
 
 
-def test_unknown_filters_are_not_sql(api: TestClient) -> None:
-    """Filter values are bound parameters; an unknown parameter is ignored, never spliced."""
+def test_filters_are_not_sql(api: TestClient) -> None:
+    """Filter values are bound parameters, never spliced; an unknown parameter or model is refused."""
     response = api.get("/analytics/ingest_parse", params={"reason": "x' or '1'='1", "order": "asc"})
     assert response.status_code == 200 and response.json()["rows"] == []
     assert api.get("/analytics/ingest_parse", params={"order": "asc; drop table x"}).status_code == 422
-    assert api.get("/analytics/no_such_metric").status_code == 404
+    unknown = api.get("/analytics/ingest_parse", params={"reasons": "x"})
+    assert unknown.status_code == 422 and unknown.json()["errors"][0]["type"] == "extra_forbidden"
+    response = api.get("/analytics/no_such_metric")
+    assert response.status_code == 404 and response.json()["reason"] == "unknown_metric"
 
 
-def test_index_lists_every_metric(api: TestClient) -> None:
+def test_index_lists_every_metric(api: TestClient, catalog: Catalog) -> None:
     body = api.get("/analytics/").json()
-    assert [m["name"] for m in body["metrics"]] == [m.name for m in METRICS]
+    assert [m["name"] for m in body["metrics"]] == served_models() == list(catalog.metrics)
     assert body["max_limit"] == MAX_LIMIT
 
 
@@ -149,15 +166,17 @@ def test_examples_list(api: TestClient) -> None:
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda e: e.name)
-def test_each_example_runs_its_sql(api: TestClient, db: psycopg.Connection, example) -> None:
+def test_each_example_runs_its_sql(api: TestClient, db: psycopg.Connection, catalog: Catalog, example) -> None:
     body = api.get(f"/analytics/examples/{example.name}").json()
     assert body["name"] == example.name and body["sql"] == example.sql
-    db.execute("set search_path = analytics")
+    # The SQL as shown runs as is where the models live.
+    metric = catalog.metrics[example.reads[0]]
+    db.execute(sql.SQL("set search_path = {}").format(sql.Identifier(metric.schema)))
     cur = db.cursor(row_factory=dict_row).execute(example.sql)
     expected = cur.fetchall()
     assert body["columns"] == [d.name for d in cur.description]
     assert expected and body["row_count"] == len(expected) == len(body["rows"]) and not body["truncated"]
-    model = ROW_MODELS[example.reads[0]]
+    model = row_model(metric)
     shared = [c for c in body["columns"] if c in model.model_fields]
 
     def typed(rows: list[dict]) -> list[tuple]:
@@ -166,9 +185,9 @@ def test_each_example_runs_its_sql(api: TestClient, db: psycopg.Connection, exam
     assert typed(body["rows"]) == typed(expected)  # same rows, same order
 
 
-def test_examples_equal_the_models(api: TestClient, db: psycopg.Connection) -> None:
+def test_examples_equal_the_models(api: TestClient, db: psycopg.Connection, catalog: Catalog) -> None:
     switches = {r["device_id"]: r for r in api.get("/analytics/examples/side_switches").json()["rows"]}
-    for row in model_rows(db, "metric_side_switches"):
+    for row in model_rows(db, catalog, "metric_side_switches"):
         assert switches[row["device_id"]]["total_side_switches"] == row["total_side_switches"]
     last_hour = api.get("/analytics/examples/side_switches_last_hour").json()["rows"]
     assert {r["device_id"]: r["total_side_switches"] for r in last_hour}.get(6) == 2
@@ -183,14 +202,16 @@ def test_unknown_example_is_404(api: TestClient, name: str) -> None:
     assert response.json()["reason"] == "unknown_example"
 
 
-def test_rollout_hourly_series_aggregates_the_rollup(api: TestClient, db: psycopg.Connection) -> None:
+def test_rollout_hourly_series_aggregates_the_rollup(api: TestClient, db: psycopg.Connection, catalog: Catalog) -> None:
+    """The hourly share mart, through the route, equals an aggregation of the hourly rollup done here."""
     now = datetime.now(UTC)
     body = api.get("/analytics/rollout/format_share", params={"granularity": "hour"}).json()
-    assert body["source"] == "fct_readings_hourly"
+    assert body["source"] == "fct_rollout_format_share_hourly"
     devices: dict[tuple, set] = defaultdict(set)
     readings: dict[tuple, int] = defaultdict(int)
     for row in model_rows(
         db,
+        catalog,
         "fct_readings_hourly",
         " where measure = 'platform_extension' and hour_start >= %s",
         (now - timedelta(hours=48),),
@@ -207,9 +228,9 @@ def test_rollout_hourly_series_aggregates_the_rollup(api: TestClient, db: psycop
         assert point["device_share"] == pytest.approx(len(devices[key]) / len(both))
 
 
-def test_rollout_daily_series_is_the_daily_model(api: TestClient, db: psycopg.Connection) -> None:
+def test_rollout_daily_series_is_the_daily_model(api: TestClient, db: psycopg.Connection, catalog: Catalog) -> None:
     body = api.get("/analytics/rollout/format_share", params={"granularity": "day"}).json()
     assert body["source"] == "fct_rollout_format_share_daily"
-    expected = model_rows(db, "fct_rollout_format_share_daily")
+    expected = model_rows(db, catalog, "fct_rollout_format_share_daily")
     got = {(p["bucket_start"], p["payload_format"]): p["device_share"] for p in body["points"]}
     assert got == {(r["report_date"].isoformat(), r["payload_format"]): r["device_share"] for r in expected}

@@ -1,6 +1,6 @@
 """The JetStream door's calls into the write path, on a real PostgreSQL (no NATS needed): a message
-decodes to what the HTTP route makes of the same body, and the results read back from the ledger
-by request id (receipts, redelivery checks) are exactly what the write path answered."""
+decodes to what the HTTP route makes of the same body, the results a receipt reads back (the
+request id's delivery key) are exactly what the write path answered, and a redelivery writes nothing."""
 
 from __future__ import annotations
 
@@ -45,22 +45,26 @@ def mixed_batch() -> list[object]:
 
 
 def _request(items_body: bytes, settings: Settings, content_type: str, encoding: str | None) -> door.BufferedRequest:
-    meta = door.RequestMeta(door.REQUEST_ID_PREFIX + new_request_id(), content_type, encoding, "10.0.0.9")
-    headers = door.message_headers(meta.request_id, meta, time.time())
+    request_id = door.REQUEST_ID_PREFIX + new_request_id()
+    delivery = door.Delivery("http", request_id, content_type, encoding, "10.0.0.9")
+    headers = door.message_headers(request_id, delivery, time.time())
     return door.decode(headers, items_body, settings)
 
 
 async def _store_and_read(target: DatabaseTarget, settings: Settings, requests: list[door.BufferedRequest]):
-    pool = write_pool(settings, target.url)
+    pool = write_pool(settings, target.url, "test")
     await pool.open()
     try:
         service = await door.start_service(pool, settings)
         try:
-            answered = [await door.store(service, request) for request in requests]
+            answered = [(await door.store(service, request)).results for request in requests]
+            stored = {}
+            for request_id in [r.request_id for r in requests] + ["js-" + "0" * 32]:
+                results = await door.recorded(service, request_id)
+                if results is not None:
+                    stored[request_id] = results
         finally:
             await service.stop()
-        async with pool.connection() as conn:
-            stored = await door.stored_results(conn, [r.request_id for r in requests] + ["js-" + "0" * 32])
     finally:
         await pool.close()
     return answered, stored
@@ -103,7 +107,8 @@ def test_decode_makes_the_items_the_route_makes() -> None:
     request = _request(gzip.compress(body), settings, "application/json", "gzip")
     _, expected = split_items(body, "application/json", settings.max_batch_items)
     assert request.items == expected
-    assert request.meta.content_encoding == "gzip" and request.meta.remote_addr == "10.0.0.9"
+    assert request.delivery.content_encoding == "gzip" and request.delivery.remote_addr == "10.0.0.9"
+    assert request.delivery.door == "jetstream" and request.delivery.key == request.request_id
 
 
 def test_decode_refuses_what_this_writer_may_not_store() -> None:
@@ -140,31 +145,40 @@ def test_partition_key_is_the_first_device() -> None:
 
 
 async def _store_twice(target: DatabaseTarget, settings: Settings, request: door.BufferedRequest):
-    pool = write_pool(settings, target.url)
+    pool = write_pool(settings, target.url, "test")
     await pool.open()
     try:
         service = await door.start_service(pool, settings)
         try:
-            first = await door.store(service, request)
-            with pytest.raises(door.DatabaseUnavailable):
-                await door.store(service, request)
+            first, second = await asyncio.gather(door.store(service, request), door.store(service, request))
+            third = await door.store(service, request)
         finally:
             await service.stop()
-        async with pool.connection() as conn:
-            stored = await door.stored_results(conn, [request.request_id])
     finally:
         await pool.close()
-    return first, stored[request.request_id]
+    return first, second, third
 
 
-def test_a_second_write_of_a_buffered_request_is_refused(fresh_db: DatabaseTarget) -> None:
-    """Two writers holding the same message at once: the ledger takes it once (migration 0004)."""
+def test_a_redelivered_buffered_request_writes_nothing(fresh_db: DatabaseTarget) -> None:
+    """Two writers holding the same message at once, then a redelivery after the commit: the ledger
+    takes it once, and every delivery is answered with the same results (its delivery key)."""
     settings = make_settings(fresh_db)
     request = _request(orjson.dumps([telemetry(device_id=8), {"device_id": 8}]), settings, "application/json", None)
-    first, stored = asyncio.run(_store_twice(fresh_db, settings, request))
-    assert [r.as_dict() for r in stored] == [r.as_dict() for r in first]
+    first, second, third = asyncio.run(_store_twice(fresh_db, settings, request))
+    assert [first.replayed, second.replayed].count(True) == 1 and third.replayed
+    assert [r.as_dict() for r in second.results] == [r.as_dict() for r in first.results]
+    assert [r.as_dict() for r in third.results] == [r.as_dict() for r in first.results]
     with psycopg.connect(fresh_db.url) as conn:
         assert conn.execute("select count(*) from ingest.raw_record").fetchone() == (2,)
+        assert conn.execute("select count(*) from ingest.processed_record").fetchone() == (1,)
+
+
+def test_an_idempotency_key_decides_the_buffered_request_id() -> None:
+    """A retry with the same Idempotency-Key is published as the same message (and delivery key)."""
+    assert door.request_id_for("order-1") == door.request_id_for("order-1")
+    assert door.request_id_for("order-1") != door.request_id_for("order-2")
+    assert door.is_request_id(door.request_id_for("order-1"))
+    assert door.request_id_for(None) != door.request_id_for(None)
 
 
 def test_clients_cannot_take_a_buffered_request_id(fresh_db: DatabaseTarget) -> None:

@@ -14,7 +14,7 @@ import pytest
 from ingest_service.core.database import DatabaseTarget
 from tests.utils.processes import PROJECT_ROOT, running_api
 
-SECRET = "e2e-provision-secret"
+SECRET = "e2e-provision-secret-of-32-bytes-or-more"
 COUNT = 3000
 
 

@@ -10,7 +10,8 @@ from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.main import create_app
 
-SECRET = "test-provision-secret"
+# Outside dev mode (as these settings are) a secret must be at least 32 bytes.
+SECRET = "test-provision-secret-of-32-bytes-or-more"
 
 
 def make_settings(target: DatabaseTarget, **overrides: object) -> Settings:

@@ -11,12 +11,8 @@ import pytest
 
 from ingest_service.core import migrate
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.ingest.body import split_items
-from ingest_service.ingest.catalog import RecordTypeCatalog
-from ingest_service.ingest.results import PendingItem, RequestMeta
-from ingest_service.ingest.validation import validate
-from ingest_service.ingest.writer import DeviceCache, write_batch
 from tests.utils.events import telemetry
+from tests.utils.write_path import CountingConnection, request, writer_for
 
 
 def test_migrations_upgrade_an_existing_database_step_by_step(pg_server: DatabaseTarget) -> None:
@@ -58,38 +54,13 @@ def test_raw_record_is_immutable(db: psycopg.Connection, statement: str) -> None
     assert db.execute("select body_text from ingest.raw_record").fetchall() == [("x",)]
 
 
-class CountingConnection:
-    """A real connection that counts the statements sent through it."""
-
-    def __init__(self, conn: psycopg.AsyncConnection) -> None:
-        self.conn = conn
-        self.statements = 0
-
-    async def execute(self, *args, **kwargs):
-        self.statements += 1
-        return await self.conn.execute(*args, **kwargs)
-
-
 async def _statements_for(url: str, events: list[dict]) -> int:
-    import orjson
-
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        catalog = RecordTypeCatalog()
-        await catalog.refresh(conn)
-        _, items = split_items(orjson.dumps(events), "application/json", 100_000)
-        meta = RequestMeta("req", "application/json", None, None)
-        now = time.time()
-        pending = [
-            PendingItem(
-                meta, i, item, validate(item.parsed, catalog, secret="s", now=now, max_skew=60, replay_window=60)
-            )
-            for i, item in enumerate(items)
-        ]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        writer = await writer_for(conn)
         counting = CountingConnection(conn)
-        async with conn.transaction():
-            results, _ = await write_batch(counting, pending, DeviceCache())  # type: ignore[arg-type]
-        assert len(results) == len(events)
-        return counting.statements
+        (answer,) = await writer.store(counting, [request(events)])  # type: ignore[arg-type]
+        assert not isinstance(answer, Exception) and len(answer.results) == len(events)
+        return len(counting.queries)
 
 
 def test_write_path_statement_count_does_not_grow_with_batch_size(fresh_db: DatabaseTarget) -> None:
@@ -102,3 +73,18 @@ def test_write_path_statement_count_does_not_grow_with_batch_size(fresh_db: Data
     large = asyncio.run(_statements_for(fresh_db.url, mixed(2000, 100)))
     assert small == large
     assert large <= 8
+
+
+def test_migration_0005_runs_again_unchanged(db: psycopg.Connection) -> None:
+    """Additive and idempotent: its statements can run on a database that already has them."""
+    import importlib
+
+    m = importlib.import_module("ingest_service.migrations.versions.0005_startup_failures_and_delivery_keys")
+    for _ in range(2):
+        db.execute(m.TABLES)
+        db.execute(m.WRITE_KEYED_ITEMS)
+        db.execute(m.GRANTS)
+    tables = db.execute(
+        "select tablename from pg_tables where schemaname = 'ingest' and tablename in ('delivery', 'startup_failure')"
+    ).fetchall()
+    assert sorted(tables) == [("delivery",), ("startup_failure",)]

@@ -19,7 +19,10 @@ def ok_items(text: str) -> float:
 
 @pytest.mark.slow
 def test_metrics_sum_over_workers(fresh_db: DatabaseTarget) -> None:
-    with running_api(fresh_db, "workers-secret", workers=2) as url, httpx.Client(base_url=url) as client:
+    with (
+        running_api(fresh_db, "workers-test-secret-of-32-bytes-or-more", workers=2) as url,
+        httpx.Client(base_url=url) as client,
+    ):
         for i in range(40):  # new connections spread over both workers
             with httpx.Client(base_url=url) as one_shot:
                 assert one_shot.post("/ingest", json=telemetry(device_id=i + 1, value=i)).status_code == 200

@@ -10,47 +10,23 @@ import orjson
 import psycopg
 
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.ingest.body import split_items
-from ingest_service.ingest.catalog import RecordTypeCatalog
-from ingest_service.ingest.results import PendingItem, RequestMeta
-from ingest_service.ingest.validation import validate
-from ingest_service.ingest.writer import DeviceCache, write_batch
+from ingest_service.ingest import Delivery, parse
+from ingest_service.ingest.answer import ItemResult
 from tests.ingest_service.conftest import make_settings
 from tests.utils.events import startup, telemetry
+from tests.utils.write_path import CountingConnection, request, writer_for
 
 
-class CountingConnection:
-    def __init__(self, conn: psycopg.AsyncConnection) -> None:
-        self.conn = conn
-        self.queries: list[str] = []
-
-    async def execute(self, query, params=None):
-        self.queries.append(" ".join(str(query).split())[:40])
-        return await self.conn.execute(query, params)
-
-
-def _pending(catalog: RecordTypeCatalog, body: bytes, request_id: str = "req") -> list[PendingItem]:
-    _, items = split_items(body, "application/json", 100_000)
-    meta = RequestMeta(request_id, "application/json", None, "127.0.0.1")
-    now = time.time()
-    return [
-        PendingItem(meta, i, item, validate(item.parsed, catalog, secret="s", now=now, max_skew=60, replay_window=60))
-        for i, item in enumerate(items)
-    ]
-
-
-async def _write(url: str, batches: list[bytes], cache: DeviceCache) -> list[tuple[list, list[str]]]:
+async def _write(url: str, batches: list[bytes]) -> list[tuple[list[ItemResult], list[str]]]:
+    """Each body through one writer (its device cache kept between them), with the statements sent."""
     out = []
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        catalog = RecordTypeCatalog()
-        await catalog.refresh(conn)
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        writer = await writer_for(conn)
         for body in batches:
             counting = CountingConnection(conn)
-            async with conn.transaction():
-                results, touched = await write_batch(counting, _pending(catalog, body), cache)  # type: ignore[arg-type]
-            for device_id in touched:
-                cache.touched[device_id] = time.monotonic()
-            out.append((results, counting.queries))
+            (answer,) = await writer.store(counting, [request(body)])  # type: ignore[arg-type]
+            assert not isinstance(answer, Exception)
+            out.append((answer.results, counting.queries))
     return out
 
 
@@ -58,7 +34,7 @@ def test_telemetry_batch_is_one_statement(fresh_db: DatabaseTarget) -> None:
     base = time.time() - 500
     first = [telemetry(device_id=i % 20 + 1, value=i % 100, timestamp=base + i / 1000) for i in range(500)]
     second = [telemetry(device_id=i % 20 + 1, value=i % 100, timestamp=base + 1 + i / 1000) for i in range(500)]
-    (r1, q1), (r2, q2) = asyncio.run(_write(fresh_db.url, [orjson.dumps(first), orjson.dumps(second)], DeviceCache()))
+    (r1, q1), (r2, q2) = asyncio.run(_write(fresh_db.url, [orjson.dumps(first), orjson.dumps(second)]))
     assert len(q1) == 1  # new legacy devices are created by the same statement (ingest.write_items)
     assert len(q2) == 1  # devices cached: ledger + facts in one statement
     with psycopg.connect(fresh_db.url) as conn:
@@ -79,7 +55,7 @@ def test_mixed_batch_outcomes_in_input_order(fresh_db: DatabaseTarget) -> None:
         telemetry(device_id=2**31 + 5, value=3, timestamp=base),  # provisioned id never provisioned
         telemetry(device_id=8, event_type="battery_charge", value=55.5, timestamp=base),
     ]
-    ((results, queries),) = asyncio.run(_write(fresh_db.url, [orjson.dumps(events)], DeviceCache()))
+    ((results, queries),) = asyncio.run(_write(fresh_db.url, [orjson.dumps(events)]))
     assert [r.status for r in results] == ["ok", "invalid", "duplicate", "invalid", "invalid", "invalid", "ok"]
     assert [r.reason for r in results] == [
         None,
@@ -148,21 +124,21 @@ def test_group_commit_answers_each_request_with_its_own_rows(fresh_db: DatabaseT
             service = IngestService(pool, settings)
             await service.start()
             commits = 0
-            original = service._commit
+            original = service.groups.commit
 
-            async def counting(jobs):
+            async def counting(requests):
                 nonlocal commits
                 commits += 1
-                await original(jobs)
+                return await original(requests)
 
-            service._commit = counting  # type: ignore[method-assign]
+            service.groups.commit = counting
             base = time.time() - 50
             bodies = [orjson.dumps(telemetry(device_id=1, value=i, timestamp=base + i)) for i in range(60)]
-            meta = [RequestMeta(f"r{i}", "application/json", None, None) for i in range(60)]
+            deliveries = [Delivery("http", f"r{i}", "application/json") for i in range(60)]
             answers = await asyncio.gather(
                 *(
-                    service.ingest(split_items(b, "application/json", 10)[1], m)
-                    for b, m in zip(bodies, meta, strict=True)
+                    service.ingest(parse(b, "application/json", None, max_inflated_bytes=1000, max_items=10).items, d)
+                    for b, d in zip(bodies, deliveries, strict=True)
                 )
             )
             await service.stop()
@@ -179,64 +155,84 @@ def test_group_commit_answers_each_request_with_its_own_rows(fresh_db: DatabaseT
         )
         by_raw = dict(conn.execute("select id, request_id from ingest.raw_record").fetchall())
     assert len(stored) == 60
-    for i, (result,) in enumerate(answers):
+    for i, answer in enumerate(answers):
+        (result,) = answer.results
         assert result.status == "ok"
         assert by_raw[result.raw_id] == f"r{i}" and stored[f"r{i}"] == i
 
 
-def test_group_commit_window_counts_from_the_first_request(fresh_db: DatabaseTarget) -> None:
+def test_group_commit_window_counts_from_the_first_request() -> None:
     """A group whose first request has already waited the window is written at once; a fresh one
     waits for company. (A 30 s window makes the difference unmistakable without timing anything.)"""
-    from psycopg_pool import AsyncConnectionPool
+    from ingest_service.core.config import Settings
+    from ingest_service.ingest import DatabaseUnavailable
+    from ingest_service.ingest.groupcommit import GroupCommit, Job
 
-    from ingest_service.ingest.service import IngestService, _Job
+    async def never(requests: list[str]) -> list[str | Exception]:
+        raise AssertionError("nothing is committed here")
 
     async def run() -> tuple[list[str], bool]:
-        settings = make_settings(fresh_db, group_commit_window_ms=30_000.0)
-        async with AsyncConnectionPool(fresh_db.url, min_size=1, max_size=2) as pool:
-            service = IngestService(pool, settings)
-            loop = asyncio.get_running_loop()
-            aged, fresh = _Job([], loop), _Job([], loop)
-            aged.queued_at -= 31.0  # queued longer ago than the window
-            service._waiting.append(aged)
-            gathered = await asyncio.wait_for(service._gather(), timeout=5)
-            service._slots.release()
+        groups: GroupCommit[str, str] = GroupCommit(
+            never, Settings(dev_mode=True, group_commit_window_ms=30_000.0), DatabaseUnavailable
+        )
+        loop = asyncio.get_running_loop()
+        aged: Job[str, str] = Job("aged", 1, loop)
+        aged.queued_at -= 31.0  # queued longer ago than the window
+        groups._waiting.append(aged)
+        gathered = await asyncio.wait_for(groups._gather(), timeout=5)
+        groups._slots.release()
 
-            service._waiting.append(fresh)
-            try:
-                await asyncio.wait_for(service._gather(), timeout=0.5)
-                fresh_waited = False
-            except TimeoutError:
-                fresh_waited = True
-            return ["aged" if job is aged else "other" for job in gathered], fresh_waited
+        groups._waiting.append(Job("fresh", 1, loop))
+        try:
+            await asyncio.wait_for(groups._gather(), timeout=0.5)
+            fresh_waited = False
+        except TimeoutError:
+            fresh_waited = True
+        return [job.request for job in gathered], fresh_waited
 
     gathered, fresh_waited = asyncio.run(run())
     assert gathered == ["aged"]
     assert fresh_waited
 
 
-def test_only_startups_and_unseen_provisioned_devices_need_a_transaction(fresh_db: DatabaseTarget) -> None:
-    """The service writes a group without BEGIN/COMMIT when write_batch sends a single statement."""
-    from ingest_service.ingest.writer import needs_transaction
+def test_only_groups_with_startups_are_a_transaction(fresh_db: DatabaseTarget) -> None:
+    """The writer sends a group as one statement in autocommit, with one read before it for a
+    provisioned id it has not seen; only startups (the limiter's lock, reads and writes together)
+    make a transaction."""
 
-    async def pending(events: list) -> list[PendingItem]:
-        async with await psycopg.AsyncConnection.connect(fresh_db.url) as conn:
-            catalog = RecordTypeCatalog()
-            await catalog.refresh(conn)
-        return _pending(catalog, orjson.dumps(events))
+    async def run() -> dict[str, tuple[int, int]]:
+        base = time.time() - 10
+        groups = {
+            "legacy": [telemetry(device_id=3, value=1, timestamp=base), {"device_id": 3}],
+            "unseen provisioned": [telemetry(device_id=2**31 + 9, value=1, timestamp=base)],
+            "good startup": [startup("s", "SN-1")],  # the writer's rules use secret "s"
+            "bad startup": [startup("not-the-secret", "SN-2")],  # refused: an error and a counted failure
+            "malformed startup": [{"event_type": "device_startup"}],  # no serial to lock: an error only
+        }
+        seen = {}
+        async with await psycopg.AsyncConnection.connect(fresh_db.url, autocommit=True) as conn:
+            writer = await writer_for(conn)
+            for name, events in groups.items():
+                counting = CountingConnection(conn)
+                await writer.store(counting, [request(events)])  # type: ignore[arg-type]
+                seen[name] = (len(counting.queries), counting.transactions)
+            # The startup's device is known to this writer now; another process has to read it once.
+            provisioned = [telemetry(device_id=2**31, value=2, timestamp=base)]
+            for name, one in (("seen provisioned", writer), ("provisioned, other process", await writer_for(conn))):
+                counting = CountingConnection(conn)
+                (answer,) = await one.store(counting, [request(provisioned)])  # type: ignore[arg-type]
+                assert not isinstance(answer, Exception) and answer.results[0].status in ("ok", "duplicate")
+                seen[name] = (len(counting.queries), counting.transactions)
+        return seen
 
-    base = time.time() - 10
-    cache = DeviceCache()
-    legacy = asyncio.run(pending([telemetry(device_id=3, value=1, timestamp=base), {"device_id": 3}]))
-    provisioned = asyncio.run(pending([telemetry(device_id=2**31 + 9, value=1, timestamp=base)]))
-    good_startup = asyncio.run(pending([startup("s", "SN-1")]))  # _pending validates with secret "s"
-    bad_startup = asyncio.run(pending([startup("not-the-secret", "SN-2")]))  # refused: an error row
-    assert not needs_transaction(legacy, cache)
-    assert not needs_transaction(bad_startup, cache)
-    assert needs_transaction(provisioned, cache)
-    assert needs_transaction(good_startup, cache)
-    cache.touched[2**31 + 9] = time.monotonic()  # seen (and so known to exist) by this process
-    assert not needs_transaction(provisioned, cache)
+    seen = asyncio.run(run())
+    assert seen["legacy"] == (1, 0)
+    assert seen["malformed startup"] == (1, 0)
+    assert seen["unseen provisioned"] == (2, 0)  # the read, then the one statement
+    assert seen["seen provisioned"] == (1, 0)
+    assert seen["provisioned, other process"] == (2, 0)
+    assert seen["good startup"][1] == 1
+    assert seen["bad startup"][1] == 1
 
 
 def test_autocommit_writers_store_a_concurrent_replay_once(fresh_db: DatabaseTarget) -> None:
@@ -248,13 +244,9 @@ def test_autocommit_writers_store_a_concurrent_replay_once(fresh_db: DatabaseTar
         body = orjson.dumps([telemetry(device_id=4, value=i - 100, timestamp=base + i / 100) for i in range(200)])
         async with await psycopg.AsyncConnection.connect(fresh_db.url, autocommit=True) as c1:
             async with await psycopg.AsyncConnection.connect(fresh_db.url, autocommit=True) as c2:
-                catalog = RecordTypeCatalog()
-                await catalog.refresh(c1)
-                answers = await asyncio.gather(
-                    write_batch(c1, _pending(catalog, body, "a"), DeviceCache()),
-                    write_batch(c2, _pending(catalog, body, "b"), DeviceCache()),
-                )
-        return [results for results, _ in answers]
+                w1, w2 = await writer_for(c1), await writer_for(c2)
+                answers = await asyncio.gather(w1.store(c1, [request(body, "a")]), w2.store(c2, [request(body, "b")]))
+        return [answer.results for (answer,) in answers if not isinstance(answer, Exception)]
 
     a, b = asyncio.run(run())
     statuses = sorted(x.status for x in a + b)
@@ -264,3 +256,36 @@ def test_autocommit_writers_store_a_concurrent_replay_once(fresh_db: DatabaseTar
     with psycopg.connect(fresh_db.url) as conn:
         assert conn.execute("select count(*) from ingest.processed_record").fetchone() == (200,)
         assert conn.execute("select count(*) from ingest.raw_duplicate").fetchone() == (200,)
+
+
+def test_request_the_database_refuses_is_kept_as_errors_apart_from_its_group(fresh_db: DatabaseTarget) -> None:
+    """The last resort: a request whose write the database refuses (here a constraint added for the
+    test) is written alone, each item kept as text with internal_error; the rest of its group is
+    stored as usual, and its delivery key answers a retry with those same results."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastapi.testclient import TestClient
+
+    from ingest_service.main import create_app
+
+    with psycopg.connect(fresh_db.url, autocommit=True) as db:
+        db.execute("alter table ingest.processed_record add constraint refuse_seven check (value <> 7)")
+    base = time.time() - 20
+    refused = [telemetry(device_id=21, value=7, timestamp=base), telemetry(device_id=21, value=8, timestamp=base)]
+    fine = [[telemetry(device_id=22, value=v, timestamp=base)] for v in range(6)]
+    settings = make_settings(fresh_db, group_commit_window_ms=50.0)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(7) as pool:
+        bodies = [(refused, {"Idempotency-Key": "refused"})] + [(body, {}) for body in fine]
+        answers = list(pool.map(lambda b: client.post("/ingest", json=b[0], headers=b[1]), bodies))
+        retry = client.post("/ingest", json=refused, headers={"Idempotency-Key": "refused"})
+    assert [a.status_code for a in answers] == [200] * 7
+    assert [(r["status"], r["reason"]) for r in answers[0].json()] == [("error", "internal_error")] * 2
+    assert all(a.json()[0]["status"] == "ok" for a in answers[1:])
+    assert retry.json() == answers[0].json() and retry.headers["idempotent-replayed"] == "true"
+    with psycopg.connect(fresh_db.url) as db:
+        kept = db.execute(
+            "select r.payload, r.body_text from ingest.raw_record r join ingest.ingest_error e"
+            " on e.raw_record_id = r.id order by r.id"
+        ).fetchall()
+        assert [orjson.loads(text) for payload, text in kept if payload is None] == refused  # kept as text
+        assert db.execute("select count(*) from ingest.processed_record").fetchone() == (6,)

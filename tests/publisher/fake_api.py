@@ -38,6 +38,7 @@ class FakeApi:
     requests: list[Request] = field(default_factory=list)
     stored: list[bytes] = field(default_factory=list)  # items in the "ledger", in arrival order
     seen: set[bytes] = field(default_factory=set)
+    provisioned: dict[str, int] = field(default_factory=dict)  # serial -> assigned id, as the API's device table
     answered_requests: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -71,12 +72,11 @@ class FakeApi:
                 "detail": "each event must be a JSON object",
             }
         if event.get("event_type") == "device_startup":
-            return {
-                "raw_id": raw_id,
-                "processed_id": None,
-                "status": "provisioned",
-                "device_id": event.get("device_id", 1_000_000_000_000),
-            }
+            # A legacy device keeps its id; a brand-new one gets the next id above the legacy range.
+            device_id = event.get("device_id") or self.provisioned.setdefault(
+                event["serial"], 2**31 + len(self.provisioned)
+            )
+            return {"raw_id": raw_id, "processed_id": None, "status": "provisioned", "device_id": device_id}
         missing = [name for name in TELEMETRY_FIELDS if event.get(name) is None]
         if missing:
             return {

@@ -169,6 +169,31 @@ def test_provisioned_devices_open_the_stream_with_startups_without_device_id() -
     assert {e["device_id"] for e in events[3:] if "device_id" in e} <= set(range(1, 6))
 
 
+def test_provisioned_devices_report_in_mm_under_their_assigned_id_once_known() -> None:
+    config = FleetConfig(devices=5, provisioned_devices=2, new_firmware_share=0.0, upgrade_rate=0.01)
+    generator = EventGenerator(config, random.Random(3), SimulatedClock(1_700_000_000.0, 0.2))
+    events = iter(generator)
+    startups = [next(events) for _ in range(2)]
+    assert [e["serial"] for e in startups] == ["SN-P000001", "SN-P000002"]
+    before = [next(events) for _ in range(1000)]
+    assert {e["device_id"] for e in before if "device_id" in e} <= set(range(1, 6))
+
+    assigned = 2**31 + 7
+    generator.provisioned("SN-P000001", assigned)
+    generator.provisioned("SN-P000001", 2**31 + 9)  # a repeated answer keeps the first id
+    generator.provisioned("SN-000003", 2**31 + 8)  # not a brand-new device of this fleet: ignored
+    after = [next(events) for _ in range(6000)]
+    telemetry = [e for e in after if is_telemetry(e)]
+    assert {e["device_id"] for e in telemetry} == {1, 2, 3, 4, 5, assigned}
+    own = [e for e in telemetry if e["device_id"] == assigned]
+    assert len(own) / len(telemetry) == pytest.approx(1 / 6, abs=0.03)
+    # New hardware runs the new firmware: extension in mm only, and it never "upgrades".
+    assert {e["event_type"] for e in own} == {MM, BATTERY, HEIGHT}
+    upgrades = [e for e in after if e.get("event_type") == STARTUP]
+    assert upgrades and all(e["device_id"] <= 5 for e in upgrades)
+    assert generator.provisioned_ids == [assigned]
+
+
 def test_invalid_fleet_config_is_refused() -> None:
     with pytest.raises(ValueError):
         FleetConfig(devices=0)

@@ -6,7 +6,6 @@ import gzip
 import io
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -14,14 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from tenacity import RetryCallState
 
-from publisher.delivery import (
-    Line,
-    RetryPolicy,
-    backoff_delay,
-    encode_body,
-    parse_retry_after,
-)
+from publisher.delivery.config import RetryPolicy
+from publisher.delivery.http_transport import encode_body, parse_retry_after
+from publisher.delivery.items import Line
+from publisher.delivery.retry import backoff
 from publisher.iot_device_message_generator import main as generator_main
 from publisher.pipe_to_api import main
 from tests.publisher.fake_api import running_api
@@ -316,9 +313,11 @@ def test_parse_retry_after_http_date() -> None:
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
     policy = RetryPolicy(backoff_initial=0.5, backoff_max=8.0)
-    rng = random.Random(0)
+    wait = backoff(policy)
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
     for attempt, step in enumerate([0.5, 1.0, 2.0, 4.0, 8.0, 8.0, 8.0]):
-        delays = [backoff_delay(attempt, policy, rng) for _ in range(50)]
+        state.attempt_number = attempt + 1  # tenacity counts attempts from 1
+        delays = [wait(state) for _ in range(50)]
         assert all(step / 2 <= d <= step for d in delays)
         assert len(set(delays)) > 1  # jittered
 

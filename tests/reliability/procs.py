@@ -21,7 +21,7 @@ import psycopg
 from ingest_service.core.config import PROJECT_ROOT
 
 PYTHON = sys.executable
-SECRET = "reliability-test-secret"
+SECRET = "reliability-test-secret-of-32-bytes-or-more"
 
 
 def free_port() -> int:

@@ -12,15 +12,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from ingest_service.core.database import DatabaseTarget
+from ingest_service.ingest.body import MAX_GZIP_MEMBERS
 from ingest_service.main import create_app
 from tests.ingest_service.conftest import SECRET, make_settings
 from tests.security.ledger_checks import check_answer_shape, check_stored
+from tests.utils.db import create_fresh_database, drop_database
 from tests.utils.events import startup, telemetry, token
+from tests.utils.processes import running_api
 
 JSON = "application/json"
 NDJSON = "application/x-ndjson"
@@ -359,6 +363,9 @@ def cases() -> Iterator[Case]:
         headers=gz,
         sent=[line for line in gzip.decompress(members).split(b"\n") if line],
     )
+    empty_members = gzip.compress(b"") * (MAX_GZIP_MEMBERS + 1)
+    yield refused("gzip-too-many-members", empty_members, 413, "too_many_gzip_members", gz)
+    yield refused("gzip-4mb-of-empty-members", gzip.compress(b"") * 200_000, 413, "too_many_gzip_members", gz)
     yield Case(
         "gzip-upper-case",
         gzip.compress(dumps(ev(device_id=6))),
@@ -461,15 +468,31 @@ def _with(**literals: bytes) -> bytes:
 CASES = list(cases())
 
 
-@pytest.fixture(scope="module")
-def hostile_client(module_db: DatabaseTarget) -> Iterator[TestClient]:
-    with TestClient(create_app(make_settings(module_db))) as client:
-        yield client
+@pytest.fixture(scope="module", params=["in-process", pytest.param("served", marks=pytest.mark.slow)])
+def corpus_db(
+    request: pytest.FixtureRequest, pg_server: DatabaseTarget, pg_template: DatabaseTarget
+) -> Iterator[tuple[str, DatabaseTarget]]:
+    """The corpus runs twice, each time on a database of its own: in-process (the application
+    alone), and over a real socket against `iot-platform serve` (the HTTP server and its limits)."""
+    target = create_fresh_database(pg_server)
+    yield request.param, target
+    drop_database(pg_server, target.parts["dbname"])
 
 
 @pytest.fixture(scope="module")
-def ledger(module_db: DatabaseTarget) -> Iterator[psycopg.Connection]:
-    with psycopg.connect(module_db.url, autocommit=True) as conn:
+def hostile_client(corpus_db: tuple[str, DatabaseTarget]) -> Iterator[httpx.Client]:
+    mode, target = corpus_db
+    if mode == "in-process":
+        with TestClient(create_app(make_settings(target))) as client:
+            yield client
+    else:
+        with running_api(target, SECRET) as base, httpx.Client(base_url=base, timeout=60) as client:
+            yield client
+
+
+@pytest.fixture(scope="module")
+def ledger(corpus_db: tuple[str, DatabaseTarget]) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(corpus_db[1].url, autocommit=True) as conn:
         yield conn
 
 
@@ -482,7 +505,7 @@ def _raw_count(conn: psycopg.Connection) -> int:
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_input_gets_documented_answer(
-    case: Case, hostile_client: TestClient, ledger: psycopg.Connection
+    case: Case, hostile_client: httpx.Client, ledger: psycopg.Connection
 ) -> None:
     before = _raw_count(ledger)
     response = hostile_client.post("/ingest", content=case.body, headers=case.headers)
@@ -503,7 +526,7 @@ def test_hostile_input_gets_documented_answer(
     assert _raw_count(ledger) == before + len(results)
 
 
-def test_hostile_corpus_left_the_schema_intact(hostile_client: TestClient, ledger: psycopg.Connection) -> None:
+def test_hostile_corpus_left_the_schema_intact(hostile_client: httpx.Client, ledger: psycopg.Connection) -> None:
     tables = ledger.execute("select count(*) from information_schema.tables where table_schema = 'ingest'").fetchone()
     assert tables is not None and tables[0] >= 7
     response = hostile_client.post("/ingest", json=telemetry(device_id=1, value=1))

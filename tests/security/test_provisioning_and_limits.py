@@ -1,5 +1,5 @@
 """Provisioning hardening (constant-time HMAC, replay window, failed-startup rate limit), configurable
-request limits, and secrets that refuse placeholders outside dev mode."""
+request limits, and secrets that refuse placeholders and short values outside dev mode."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import hmac
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
-from ingest_service.core.config import PLACEHOLDER_SECRETS, PROJECT_ROOT, Settings
+from ingest_service.core.config import GENERATE_SECRET, MIN_SECRET_BYTES, PLACEHOLDER_SECRETS, PROJECT_ROOT, Settings
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.ingest import validation
 from ingest_service.main import create_app
@@ -167,10 +168,30 @@ def test_unset_secret_is_refused_outside_dev_mode(monkeypatch: pytest.MonkeyPatc
     assert "a-real-secret" not in repr(settings)
 
 
+@pytest.mark.parametrize("name", ["provision_secret", "analytics_api_key"])
+def test_a_secret_shorter_than_32_bytes_is_refused_outside_dev_mode(name: str) -> None:
+    real = {"provision_secret": "p" * MIN_SECRET_BYTES, "analytics_api_key": "k" * MIN_SECRET_BYTES}
+    with pytest.raises(ValidationError, match=re.escape(GENERATE_SECRET)) as refused:
+        Settings(_env_file=None, dev_mode=False, **{**real, name: "x" * (MIN_SECRET_BYTES - 1)})  # type: ignore[call-arg]
+    assert name.upper() in str(refused.value) and "32 bytes" in str(refused.value)
+    assert Settings(_env_file=None, dev_mode=False, **real)  # type: ignore[call-arg]
+    assert Settings(_env_file=None, dev_mode=True, **{**real, name: "x"})  # type: ignore[call-arg]
+
+
+def test_the_length_is_counted_in_bytes() -> None:
+    sixteen_two_byte_chars = "é" * 16  # 16 characters, 32 bytes of UTF-8
+    assert Settings(_env_file=None, dev_mode=False, provision_secret=sixteen_two_byte_chars)  # type: ignore[call-arg]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(60)
-def test_serve_refuses_to_start_with_a_placeholder_secret(fresh_db: DatabaseTarget) -> None:
-    env = {**os.environ, "DEV_MODE": "0", "PROVISION_SECRET": "changeme", "DATABASE_URL": fresh_db.url}
+@pytest.mark.parametrize(
+    "variable, value",
+    [("PROVISION_SECRET", "changeme"), ("PROVISION_SECRET", "x"), ("ANALYTICS_API_KEY", "a")],
+)
+def test_serve_refuses_to_start_with_a_weak_secret(fresh_db: DatabaseTarget, variable: str, value: str) -> None:
+    env = {**os.environ, "DEV_MODE": "0", "PROVISION_SECRET": "p" * MIN_SECRET_BYTES, "DATABASE_URL": fresh_db.url}
+    env[variable] = value
     result = subprocess.run(
         [sys.executable, "-m", "ingest_service.cli", "serve", "--port", "1", "--no-migrate"],
         cwd=PROJECT_ROOT,
@@ -180,7 +201,7 @@ def test_serve_refuses_to_start_with_a_placeholder_secret(fresh_db: DatabaseTarg
         timeout=50,
     )
     assert result.returncode != 0
-    assert "PROVISION_SECRET" in result.stderr
+    assert variable in result.stderr and GENERATE_SECRET in result.stderr
 
 
 @pytest.fixture

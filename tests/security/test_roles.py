@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ingest_service.core.database import DatabaseTarget
+from ingest_service.ingest import writer
 from ingest_service.main import create_app
 from tests.ingest_service.conftest import SECRET, make_settings
 from tests.utils.events import startup, telemetry
@@ -120,17 +121,24 @@ def test_api_works_logged_in_as_an_ingest_member(login_factory: Login, db: psyco
         startup(SECRET, "SN-000005", device_id=5),
         startup("wrong", "SN-ROLE-2"),
     ]
+    keyed = {"Idempotency-Key": "role-test"}
     with TestClient(create_app(make_settings(target))) as client:
         assert client.get("/readyz").status_code == 200
-        response = client.post("/ingest", json=batch)
+        response = client.post("/ingest", json=batch, headers=keyed)
         assert response.status_code == 200
         statuses = [r["status"] for r in response.json()]
         assert statuses == ["ok", "duplicate", "invalid", "provisioned", "provisioned", "unauthorized"]
+        replay = client.post("/ingest", json=batch, headers=keyed)  # a delivery key read back
+        assert (replay.json(), replay.headers["idempotent-replayed"]) == (response.json(), "true")
         device_id = response.json()[3]["device_id"]
         assert client.post("/ingest", json=telemetry(device_id=device_id, value=-3)).json()["status"] == "ok"
+        with psycopg.connect(target.url, autocommit=True) as conn:  # the API's sweep of keys and failures
+            conn.execute(writer.SWEEP_DELIVERIES, (0.0,), prepare=False)
+            conn.execute(writer.SWEEP_FAILURES, (0.0,), prepare=False)
     writers = db.execute("select count(*) from pg_roles where rolname = %s", (target.parts["user"],)).fetchone()
     assert writers == (1,)
     assert db.execute("select count(*) from ingest.raw_record").fetchone() == (7,)
+    assert db.execute("select count(*) from ingest.delivery").fetchone() == (0,)
 
 
 def test_roles_migration_is_idempotent(db: psycopg.Connection) -> None:

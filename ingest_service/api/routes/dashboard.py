@@ -28,7 +28,8 @@ router = APIRouter(prefix="/dashboard", tags=["dashboard"])
 
 @router.get("", response_class=FileResponse, summary="The analytics dashboard page")
 async def dashboard() -> FileResponse:
-    """Rollout at a glance, metric tables, error rate by reason and the example queries; refreshes itself."""
+    """Rollout at a glance, metric tables, error rate by reason and the example queries, as of the last dbt
+    build (the page shows each new build; before the first, when it is due)."""
     return FileResponse(
         STATIC_DIR / "dashboard" / "index.html", media_type="text/html; charset=utf-8", headers=NO_CACHE
     )

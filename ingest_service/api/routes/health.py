@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,6 +16,7 @@ from ingest_service.core.migrate import head_revision
 from ingest_service.core.observability import exposition
 
 router = APIRouter(tags=["operations"])
+log = logging.getLogger(__name__)
 HEAD = head_revision()
 # How long readiness waits for a connection, and for the ledger's lock.
 READY_TIMEOUT_SECONDS = 1.0
@@ -42,14 +45,21 @@ async def readyz(request: Request) -> Response:
             # the lock every insert into the ledger takes; the transaction ends right away
             await conn.execute("lock table ingest.raw_record in row exclusive mode")
     except PoolTimeout as exc:
-        return JSONResponse({"status": "unready", "detail": f"no database connection free: {exc}"[:300]}, 503)
-    except psycopg.errors.LockNotAvailable:
-        return JSONResponse({"status": "unready", "detail": "the ledger is locked: inserts would wait"}, 503)
+        return _unready("no database connection in time: the database is unreachable or every connection is busy", exc)
+    except psycopg.errors.LockNotAvailable as exc:
+        return _unready("the ledger is locked: inserts would wait", exc)
     except Exception as exc:  # any other failure here means: not ready
-        return JSONResponse({"status": "unready", "detail": f"database unreachable: {exc}"[:300]}, 503)
+        return _unready("the database is unreachable", exc)
     if row is None or row[0] != HEAD:
-        return JSONResponse({"status": "unready", "detail": f"schema at {row and row[0]}, expected {HEAD}"}, 503)
+        found = row[0] if row else None
+        return _unready(f"the schema is not at the revision this build expects ({HEAD}): run the migrations", found)
     return JSONResponse({"status": "ready", "detail": f"schema {HEAD}"})
+
+
+def _unready(detail: str, cause: object) -> JSONResponse:
+    """503 in the product's words; what the database said goes to the log (with the request id)."""
+    log.warning("not ready: %s", detail, extra={"fields": {"cause": str(cause)[:1000]}})
+    return JSONResponse({"status": "unready", "detail": detail}, 503)
 
 
 @router.get("/metrics", response_class=Response)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
 from ingest_service.api.schemas import ItemResultModel, RefusedBody
-from ingest_service.buffer.door import BodyItem, RequestMeta
+from ingest_service.buffer.door import BodyItem, Delivery
 from ingest_service.buffer.metrics import state_exposition
 from ingest_service.buffer.publisher import BufferPublisher, BufferRefused
 from ingest_service.buffer.receipts import ReceiptsUnavailable, receipt_state
@@ -41,10 +41,15 @@ class ReceiptAnswer(BaseModel):
 
 
 async def publish(
-    buffer: BufferPublisher, body: bytes, meta: RequestMeta, items: list[BodyItem], headers: dict[str, str]
+    buffer: BufferPublisher,
+    body: bytes,
+    delivery: Delivery,
+    items: list[BodyItem],
+    headers: dict[str, str],
 ) -> Response:
-    """POST /ingest in buffered mode, once the body's framing and limits are checked."""
-    receipt = await buffer.publish(body, meta, items)
+    """POST /ingest in buffered mode, once the body's framing and limits are checked. The delivery's
+    key (the Idempotency-Key) decides the request id (buffer/door.py, request_id_for)."""
+    receipt = await buffer.publish(body, delivery, items)
     headers["Location"] = RECEIPTS_PATH + receipt.receipt
     answer = {"status": "accepted", "receipt": receipt.receipt, "items": receipt.items}
     return Response(orjson.dumps(answer), status_code=202, media_type="application/json", headers=headers)
@@ -72,7 +77,7 @@ async def get_receipt(receipt: str, request: Request) -> Response:
     state = request.app.state
     settings: Settings = state.settings
     try:
-        found = await receipt_state(receipt, state.pool, state.buffer, settings.request_timeout_seconds)
+        found = await receipt_state(receipt, state.service, state.buffer)
     except ReceiptsUnavailable:
         return _unavailable("database_unavailable", "the results cannot be read now; retry later", settings)
     except BufferRefused as exc:

@@ -3,9 +3,13 @@
  * The key: `/dashboard?key=<ANALYTICS_API_KEY>` (kept in sessionStorage and removed from the address
  * bar), or typed into the key field that appears when the API answers 401. In dev mode without a key
  * configured, the API is open and no key is needed.
- * Refresh: every `?refresh=<seconds>` (default 10; 0 = never).
+ * The numbers change only when dbt rebuilds the models: every `?refresh=<seconds>` (default 10;
+ * 0 = never) the page asks /analytics/status when the last build began, and reloads everything when
+ * that changed. Until the first build, it says so (and when the first build is due).
  * For tests and tools, every canvas gets data-rendered ("true" | "empty" | "error") and data-points
- * after it is drawn; <body> gets data-state ("ready" | "error") and data-refreshes after each refresh.
+ * after it is drawn (the error-rate chart also data-ticks: the labels drawn); <body> gets data-state
+ * ("ready" | "not-built" | "needs-key" | "error"), data-built-at, data-refreshes (status checks) and
+ * data-loads (full reloads).
  */
 (() => {
   "use strict";
@@ -21,7 +25,8 @@
   const refreshSeconds = Number(params.get("refresh") ?? 10);
   const COLORS = { legacy: "#d97706", new: "#2563eb", migrated: "#059669", other: "#6b7280" };
   const charts = {};
-  const state = { granularity: "hour", metric: null, offset: 0, metrics: [], refreshes: 0, needKey: false };
+  const state = { granularity: "hour", metric: null, offset: 0, metrics: [], refreshes: 0, loads: 0, builtAt: null, needKey: false };
+  const ERROR_BAR_PX = 26; // the error-rate chart grows with its bars, so every reason keeps its label
 
   class ApiError extends Error {
     constructor(status, reason, detail) {
@@ -79,7 +84,6 @@
     container.replaceChildren(el("p", { class: "empty", "data-error": error.reason || String(error.status), text: message(error) }));
   }
   function message(error) {
-    if (error.reason === "not_built") return `Not built yet: ${error.message}`;
     return error.message || String(error);
   }
 
@@ -96,6 +100,7 @@
       return;
     }
     empty.hidden = true;
+    if (config.height) canvas.parentElement.style.height = `${config.height}px`;
     config.options = Object.assign({ animation: false, responsive: true, maintainAspectRatio: false }, config.options);
     charts[id] = new Chart(canvas, config);
     canvas.dataset.rendered = "true";
@@ -177,8 +182,11 @@
             backgroundColor: rows.map((r) => COLORS[r.payload_format] || COLORS.other) }] },
         emptyText: "No rejected items in the last 7 days.",
         options: { indexAxis: "y", plugins: { legend: { display: false } },
-          scales: { x: { beginAtZero: true, title: { display: true, text: "% of the format's items received" } } } },
+          scales: { x: { beginAtZero: true, title: { display: true, text: "% of the format's items received" } },
+            y: { ticks: { autoSkip: false } } } },
+        height: Math.max(160, ERROR_BAR_PX * rows.length + 70),
       }, rows.length);
+      if (charts[id]) document.getElementById(id).dataset.ticks = String(charts[id].scales.y.ticks.length);
       $("#error-table").replaceChildren(table(["reason", "payload_format", "errors", "raw_records", "error_rate"],
         rows.map((r) => ({ ...r, error_rate: pct(r.error_rate) })), "error_rate_by_reason"));
       return rows;
@@ -275,32 +283,59 @@
   }
 
   // ---- refresh loop --------------------------------------------------------------------------------
+  // The status first: before the first build there is nothing to draw; after it, everything is
+  // reloaded only when a newer build has replaced the models.
+  function showStatus(text, isError = false) {
+    const status = $("#status");
+    status.classList.toggle("error", isError);
+    status.textContent = text;
+  }
+
+  async function loadAll() {
+    if (!state.metrics.length) await setupMetrics();
+    const [deviceStates] = await Promise.all([loadDeviceStates(), loadFormatShare(), loadErrors(), loadMetricTable(), loadExamples()]);
+    await loadKpis(deviceStates);
+    state.loads += 1;
+    document.body.dataset.loads = String(state.loads);
+  }
+
   let running = false;
   async function refresh() {
     if (running) return;
     running = true;
     state.needKey = false;
-    const status = $("#status");
     try {
-      if (!state.metrics.length) await setupMetrics();
-      const [deviceStates] = await Promise.all([loadDeviceStates(), loadFormatShare(), loadErrors(), loadMetricTable(), loadExamples()]);
-      await loadKpis(deviceStates);
-      state.refreshes += 1;
-      document.body.dataset.state = state.needKey ? "needs-key" : "ready";
-      document.body.dataset.refreshes = String(state.refreshes);
-      status.classList.remove("error");
-      status.textContent = state.needKey ? "waiting for a key" :
-        `updated ${new Date().toLocaleTimeString()}${refreshSeconds > 0 ? ` · refreshes every ${refreshSeconds} s` : ""}`;
-    } catch (error) {
-      if (!handleAuth(error)) {
-        document.body.dataset.state = "error";
-        status.classList.add("error");
-        status.textContent = message(error);
+      const status = await api("/analytics/status");
+      const notice = $("#notice");
+      if (!status.built) {
+        document.body.dataset.state = "not-built";
+        notice.hidden = false;
+        notice.replaceChildren(el("strong", { text: status.detail }), el("span", { class: "muted",
+          text: refreshSeconds > 0 ? " · this page shows the data once the build has finished" : " · reload this page once it has finished" }));
+        $("main").hidden = true;
+        showStatus("not built yet");
       } else {
+        notice.hidden = true;
+        $("main").hidden = false;
+        if (status.built_at !== state.builtAt) {
+          await loadAll();
+          state.builtAt = status.built_at;
+          document.body.dataset.builtAt = status.built_at;
+        }
+        document.body.dataset.state = state.needKey ? "needs-key" : "ready";
+        showStatus(state.needKey ? "waiting for a key" : `data as of ${fmt(status.built_at)} (last dbt build)`);
+      }
+    } catch (error) {
+      if (handleAuth(error)) {
         document.body.dataset.state = "needs-key";
-        status.textContent = "waiting for a key";
+        showStatus("waiting for a key");
+      } else {
+        document.body.dataset.state = "error";
+        showStatus(message(error), true);
       }
     } finally {
+      state.refreshes += 1;
+      document.body.dataset.refreshes = String(state.refreshes);
       running = false;
     }
   }
@@ -311,6 +346,7 @@
       sessionStorage.setItem(KEY_STORAGE, $("#key-input").value.trim());
       $("#key-input").value = "";
       $("#key-form").hidden = true;
+      state.builtAt = null; // reload everything with the new key
       refresh();
     });
     document.querySelectorAll("[data-granularity]").forEach((button) => button.addEventListener("click", () => {

@@ -1,4 +1,4 @@
-"""Dependencies of the analytics routes: the reader and the bearer-key check."""
+"""Dependencies of the analytics routes: the reader, the catalog of served models, the bearer-key check."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ingest_service.analytics.reader import AnalyticsReader, AnalyticsUnavailable
+from ingest_service.analytics.catalog import Catalog, ManifestCatalog
+from ingest_service.analytics.reader import AnalyticsReader, AnalyticsUnavailable, not_built
 from ingest_service.api.deps import SettingsDep
 
 bearer = HTTPBearer(
@@ -18,11 +19,25 @@ bearer = HTTPBearer(
 )
 
 
-def get_reader(request: Request) -> AnalyticsReader:
+async def get_reader(request: Request) -> AnalyticsReader:
     return request.app.state.analytics
 
 
-def require_analytics_key(
+async def get_manifest_catalog(request: Request) -> ManifestCatalog:
+    return request.app.state.analytics_catalog
+
+
+ManifestCatalogDep = Annotated[ManifestCatalog, Depends(get_manifest_catalog)]
+
+
+async def get_catalog(settings: SettingsDep, source: ManifestCatalogDep) -> Catalog:
+    """The served models; 503 `analytics_not_built` while no dbt manifest exists on this host."""
+    if source.catalog is None:
+        raise not_built(settings, "The analytics models are")
+    return source.catalog
+
+
+async def require_analytics_key(
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
@@ -47,4 +62,5 @@ def require_analytics_key(
 
 
 ReaderDep = Annotated[AnalyticsReader, Depends(get_reader)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
 AnalyticsAuth = Depends(require_analytics_key)

@@ -1,0 +1,1 @@
+{{ rollout_format_share('hour_start', 'hour_start') }}
