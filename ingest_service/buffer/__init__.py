@@ -2,7 +2,7 @@
 
 stream.py     the connection, the streams and the writers' consumer, their state
 publisher.py  the API side: publish a checked body, answer its receipt
-door.py       every call into the write path: message -> items -> results, and the ledger look-up
+door.py       every call into the write path: message -> items + delivery (its key) -> results
 writer.py     `iot-platform writer`: durable pull consumers that store messages through the write path
 receipts.py   what a receipt says: stored (with its results), accepted, dead-lettered or unknown
 metrics.py    Prometheus metrics of the backlog and of each writer

@@ -263,3 +263,44 @@ def _ensure(env: dict[str, str]) -> None:
     subprocess.run(
         [sys.executable, "-m", "ingest_service.cli", "migrate"], cwd=PROJECT_ROOT, env=env, check=True, timeout=60
     )
+
+
+def test_a_retry_with_the_same_idempotency_key_stores_nothing_twice(
+    fresh_db: DatabaseTarget, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """Buffered mode honours Idempotency-Key: a retry within the stream's duplicate window gets the
+    first receipt; one after it is stored under the same delivery key, so the writer answers it
+    from the ledger; the key with another body is dead-lettered (`idempotency_key_reused`)."""
+    env = buffer_env(nats_url, prefix, INGEST_BUFFER_DUPLICATE_WINDOW_SECONDS="1")
+    api = Api(fresh_db.url, tmp_path / "api.log", env_overrides=env).start()
+    writer = None
+    batch = [telemetry(device_id=22), {"device_id": 22}]
+    key = {"Idempotency-Key": "retry-me-1"}
+    try:
+        first = httpx.post(api.base + "/ingest", json=batch, headers=key, timeout=10)
+        again = httpx.post(api.base + "/ingest", json=batch, headers=key, timeout=10)
+        assert first.status_code == again.status_code == 202
+        assert again.json()["receipt"] == first.json()["receipt"]  # the stream dropped the copy
+        writer = Writer(api.env(), tmp_path / "writer.log").start()
+        results = wait_stored(api.base, first.json()["receipt"])
+        time.sleep(1.5)  # past the stream's duplicate window: a retry is a new message
+        late = httpx.post(api.base + "/ingest", json=batch, headers=key, timeout=10)
+        assert late.status_code == 202 and late.json()["receipt"] != first.json()["receipt"]
+        assert wait_stored(api.base, late.json()["receipt"]) == results
+        assert wait_for(
+            lambda: (writer.metrics() or {}).get("ingest_buffer_messages_total{outcome=already_stored}") == 1, 10
+        )
+        time.sleep(1.5)
+        other = httpx.post(api.base + "/ingest", json=[telemetry(device_id=23)], headers=key, timeout=10)
+        assert other.status_code == 202
+        # its receipt names the key's request id, which resolves to the first body's results (a known
+        # limit, docs/scaling.md); the message itself is dead-lettered with its reason
+        assert wait_for(lambda: _metrics(api.base).get("ingest_buffer_dead_letter_messages") == 1, 30)
+        assert (writer.metrics() or {}).get("ingest_buffer_messages_total{outcome=dead_lettered}") == 1
+    finally:
+        if writer is not None:
+            writer.stop()
+        api.kill()
+    with psycopg.connect(fresh_db.url) as conn:
+        assert conn.execute("select count(*) from ingest.raw_record").fetchone() == (2,)
+        assert conn.execute("select count(*) from ingest.processed_record").fetchone() == (1,)

@@ -136,7 +136,7 @@ def test_writer_sigkilled_mid_group_is_redelivered_without_doubles(
                 row = watch.execute(
                     """select (select count(*) from ingest.raw_record),
                               (select count(*) from pg_stat_activity
-                               where application_name = 'ingest_writer' and wait_event_type = 'Lock')"""
+                               where application_name = 'jetstream_writer' and wait_event_type = 'Lock')"""
                 ).fetchone()
                 return row is not None and row[0] > 0 and row[1] > 0
 
