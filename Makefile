@@ -10,7 +10,7 @@ export DEV_MODE ?= 1
 # When `make` was typed: `make up` prints its first-run times (first stored event, first dbt build) from here.
 STARTED_AT := $(shell date +%s.%N)
 
-.PHONY: install up test test-fast lint format bench bench-mqtt dbt-docs clean-data
+.PHONY: install up test test-fast lint format bench bench-buffered bench-mqtt dbt-docs clean-data
 
 install: $(VENV)/.synced
 
@@ -48,6 +48,13 @@ format: install
 bench: install
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk || true
 	$(BIN)/python -m bench.ingest_bench
+
+# Buffered mode (NATS JetStream): 202 throughput next to direct mode and the ceilings, and the
+# writers' drain of a 1 M-event backlog. Starts its own nats-server (Debian's nats-server package).
+bench-buffered: install
+	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk || true
+	@command -v nats-server >/dev/null || apt-get install -y -qq nats-server >/dev/null 2>&1 || sudo apt-get install -y -qq nats-server || true
+	$(BIN)/python -m bench.buffered_bench
 
 # The MQTT door beside the broker's own ceiling (Debian's mosquitto and mosquitto-clients).
 bench-mqtt: install

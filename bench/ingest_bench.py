@@ -325,7 +325,7 @@ class TimeCursor(dict):
 
 
 def run_batch(
-    port: int, batch: int, clients: int, duration: float, state: TimeCursor, meter: CpuMeter
+    port: int, batch: int, clients: int, duration: float, state: TimeCursor, meter: CpuMeter, expect: int = 200
 ) -> dict[str, Any]:
     cmd = [
         sys.executable,
@@ -343,6 +343,8 @@ def run_batch(
         repr(state.pop_base()),
         "--devices",
         str(DEVICES),
+        "--expect",
+        str(expect),
     ]
     cpu0 = meter.start()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=PROJECT_ROOT, check=False)

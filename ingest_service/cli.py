@@ -57,9 +57,14 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ingest_service.core import migrate
 
-    target = _target()
+    settings = _settings()
+    target = resolve_target(settings)
     migrate.upgrade(target)
     print(f"migrated {target.parts['dbname']} to {migrate.current_revision(target)}")
+    if settings.ingest_buffer == "jetstream":
+        from ingest_service.buffer.stream import ensure_stream_sync
+
+        print(f"buffer: {ensure_stream_sync(settings)}")
     return 0
 
 
@@ -79,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_argument("action", nargs="?", default="start", choices=["start", "url", "env", "stop"])
     db.set_defaults(func=cmd_db)
 
-    mig = sub.add_parser("migrate", help="apply the schema migrations to DATABASE_URL (or the embedded server)")
+    mig = sub.add_parser(
+        "migrate",
+        help="apply the schema migrations to DATABASE_URL (or the embedded server); with INGEST_BUFFER=jetstream, "
+        "create or update the JetStream streams and consumer too",
+    )
     mig.set_defaults(func=cmd_migrate)
 
     dbt = sub.add_parser("dbt", help="run dbt from dbt_project/ against the configured database", add_help=False)

@@ -25,6 +25,7 @@ from ingest_service.api.main import ROUTERS
 from ingest_service.api.routes.analytics import install_metric_routes
 from ingest_service.api.schemas import DeviceStartupEvent, TelemetryEvent
 from ingest_service.api.security_headers import SecurityHeadersMiddleware
+from ingest_service.buffer.publisher import BufferPublisher
 from ingest_service.core.config import Settings, get_settings
 from ingest_service.core.database import resolve_target, write_pool
 from ingest_service.core.logging import RequestIdMiddleware
@@ -71,6 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         analytics = AnalyticsReader(settings, analytics_url(settings, target))
         await analytics.open()
         app.state.pool, app.state.service, app.state.analytics = pool, service, analytics
+        # Buffered mode: POST /ingest publishes to JetStream, `iot-platform writer` stores (docs/scaling.md).
+        if settings.ingest_buffer == "jetstream":
+            app.state.buffer = BufferPublisher(settings)
+            await app.state.buffer.start()
         # The analytics model routes follow the dbt manifest: a build that rewrites it swaps them.
         watcher = asyncio.create_task(catalog.watch(partial(install_metric_routes, app)))
         freeze_startup_objects()
@@ -80,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            if app.state.buffer is not None:
+                await app.state.buffer.close()
             await analytics.close()
             await service.stop()
             await pool.close()
@@ -91,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.buffer = None
     for router in ROUTERS:
         app.include_router(router)
     # One route per dbt model with `meta.analytics` (none while dbt has not parsed the project yet).

@@ -53,6 +53,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["DATABASE_URL"] = target.url  # workers resolve the same server without starting another
     if not args.no_migrate:
         migrate.upgrade(target)
+        if settings.ingest_buffer == "jetstream":
+            from ingest_service.buffer.stream import ensure_stream_sync
+
+            ensure_stream_sync(settings)
     if args.workers > 1:
         # Each worker is its own process: prometheus-client's multiprocess mode sums their metrics.
         metrics_dir = settings.data_dir / "prometheus" / str(args.port)
@@ -253,6 +257,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     pg_was_running = (embedded_data_dir(settings) / "postmaster.pid").exists()
     target = resolve_target(settings)
     migrate.upgrade(target)
+    # With NATS_URL, the API buffers requests in JetStream and a writer stores them (docs/scaling.md).
+    buffered = {"INGEST_BUFFER": "jetstream"} if settings.nats_url else None
+    if buffered:
+        from ingest_service.buffer.stream import ensure_stream_sync
+
+        buffer_line = f"  buffer        NATS JetStream at {settings.nats_url}, " + ensure_stream_sync(
+            settings.model_copy(update={"ingest_buffer": "jetstream"})
+        )
     env = tool_environment(target)
     logs = settings.data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -288,9 +300,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         # the API tells analytics clients when to expect it ("not built yet, first build at ...").
         due = datetime.fromtimestamp(time.time() + FIRST_BUILD_EXPECTED_AFTER_SECONDS, UTC).isoformat()
         serve = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(args.port), "--no-migrate"]
-        api = spawn("api", serve, {"ANALYTICS_FIRST_BUILD_AT": due})
+        api = spawn("api", serve, {"ANALYTICS_FIRST_BUILD_AT": due, **(buffered or {})})
         wait_ready(api_url + "/readyz", process=api)
         doors = _start_doors(settings, api_url, spawn)
+        if buffered:
+            spawn("writer", [PYTHON, "-m", "ingest_service.cli", "writer"], buffered)
+            doors += "\n" + buffer_line + ", 1 writer (writer.log)"
         # The simulator streams as soon as the API answers: nothing of it waits for Dagster.
         generator, pipe = publisher_pipeline(
             api_url + "/ingest",
@@ -373,6 +388,15 @@ def _extra_services(args: argparse.Namespace, env: dict[str, str], spawn):
     return DagsterStartup(args, env, spawn)
 
 
+def cmd_writer(args: argparse.Namespace) -> int:
+    from ingest_service.buffer import writer
+    from ingest_service.core.logging import configure_json_logging
+
+    settings = Settings()  # like serve: a writer checks provisioning tokens, so it needs the real secret
+    configure_json_logging(settings.log_level)
+    return writer.main(settings, args.metrics_port)
+
+
 def _add_simulator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=50, help="simulated devices (default 50)")
     parser.add_argument("--rate", type=float, default=200.0, help="events per second (default 200)")
@@ -396,6 +420,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", default="warning")
     serve.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head` at start")
     serve.set_defaults(func=cmd_serve)
+
+    writer = sub.add_parser(
+        "writer", help="store buffered requests from NATS JetStream in PostgreSQL (INGEST_BUFFER=jetstream)"
+    )
+    writer.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on 127.0.0.1:PORT")
+    writer.set_defaults(func=cmd_writer)
 
     publish = sub.add_parser("publish", help="stream the device simulator into a running API")
     publish.add_argument("--url", default="http://127.0.0.1:8000/ingest")

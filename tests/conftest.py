@@ -6,11 +6,13 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget
+from tests.utils.buffer import NATS_SERVER, SHARED_NATS_URL, OwnedNats, delete_streams, reachable, unique_prefix
 from tests.utils.db import build_template, create_fresh_database, drop_database, server_target
 from tests.utils.embedded import EmbeddedServerLease
 
@@ -79,6 +81,29 @@ def module_db(pg_server: DatabaseTarget, pg_template: DatabaseTarget) -> Iterato
     target = create_fresh_database(pg_server)
     yield target
     drop_database(pg_server, target.parts["dbname"])
+
+
+@pytest.fixture(scope="session")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The machine's NATS with JetStream (CI has it); else a nats-server of this session's own."""
+    if reachable(SHARED_NATS_URL):
+        yield SHARED_NATS_URL
+        return
+    if not Path(NATS_SERVER).exists():
+        pytest.skip(f"no NATS server at {SHARED_NATS_URL} and no nats-server binary to start one")
+    server = OwnedNats(tmp_path_factory.mktemp("nats") / "js").start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefix(nats_url: str) -> Iterator[str]:
+    """This test's stream names (`<PREFIX>`, `<PREFIX>_DEAD`) and subjects (`<prefix>.*`), deleted after."""
+    name = unique_prefix()
+    yield name
+    delete_streams(nats_url, name)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -38,6 +38,8 @@ REFUSED_HTTP_STATUS = {
     "invalid_idempotency_key": 400,
     "idempotency_key_reused": 422,
     "database_unavailable": 503,
+    "buffer_unavailable": 503,  # buffered mode: NATS or the stream did not take it
+    "buffer_full": 503,
 }
 
 # Set on the answer to a repeated Idempotency-Key: the stored results of its first delivery.

@@ -52,3 +52,9 @@ class RefusedBody(BaseModel):
 class Health(BaseModel):
     status: str
     detail: str | None = None
+
+
+class Readiness(Health):
+    buffer: dict[str, int] | None = Field(
+        default=None, description="Buffered mode: lag, pending, ack_pending, redelivered and dead_letters messages"
+    )

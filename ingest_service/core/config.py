@@ -6,7 +6,7 @@ import os
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Self
+from typing import Literal, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +90,41 @@ class Settings(BaseSettings):
 
     # JSON lines on stderr; INFO logs one access line per request.
     log_level: str = "WARNING"
+
+    # Buffered ingest (docs/scaling.md): with INGEST_BUFFER=jetstream, POST /ingest checks a body's
+    # framing and limits, publishes it to a JetStream stream and answers 202 with a receipt once the
+    # stream has acknowledged it; `iot-platform writer` processes store it. `direct` writes in the API.
+    ingest_buffer: Literal["direct", "jetstream"] = "direct"
+    # Unset: nats://127.0.0.1:4222. `iot-platform up` uses buffered mode when it is set.
+    nats_url: str | None = None
+    # Stream names and subjects: requests go to `<prefix>.requests.<partition>`, dead letters to
+    # `<prefix>.dead.<request id>` in the stream `<stream>_DEAD`.
+    ingest_buffer_stream: str = "INGEST"
+    ingest_buffer_subject_prefix: str = "ingest"
+    ingest_buffer_consumer: str = "writers"
+    # A body's partition is a hash of its first device id (or serial): one subject per partition.
+    ingest_buffer_partitions: int = Field(default=16, ge=1, le=4096)
+    # workqueue: a message leaves the stream once a writer acknowledged it; limits keeps it until
+    # max_age / max_bytes (for other consumers to read it too). Fixed once the stream exists.
+    ingest_buffer_retention: Literal["workqueue", "limits"] = "workqueue"
+    ingest_buffer_storage: Literal["file", "memory"] = "file"
+    ingest_buffer_replicas: int = Field(default=1, ge=1, le=5)
+    # Beyond either limit the stream refuses new messages (the API answers 503), never drops old ones.
+    ingest_buffer_max_bytes: int = 8 * 1024**3
+    ingest_buffer_max_age_seconds: float = 7 * 86400.0
+    # The stream drops a re-published request id within this window (the API's own publish retries).
+    ingest_buffer_duplicate_window_seconds: float = 120.0
+    # The longest the API waits for the stream's acknowledgement before 503.
+    ingest_buffer_publish_timeout_seconds: float = 2.0
+    # Writers: a message not acknowledged within ack_wait is redelivered (a writer that is alive keeps
+    # extending it); after max_deliver failed deliveries it moves to the dead-letter stream.
+    ingest_buffer_ack_wait_seconds: float = 30.0
+    ingest_buffer_max_deliver: int = Field(default=5, ge=1)
+    ingest_buffer_max_ack_pending: int = 20_000
+    # Each writer process runs this many pull loops, each fetching up to `fetch_batch` messages (a
+    # message is a whole request: 16 batches of 1,000 events are a group of 16,000).
+    ingest_buffer_fetchers: int = Field(default=4, ge=1)
+    ingest_buffer_fetch_batch: int = Field(default=16, ge=1)
 
     # MQTT door (`iot-platform mqtt`, docs/mqtt.md); `make up` starts it when MQTT_URL is set.
     # mqtt://user:password@host:1883, or mqtts:// for TLS (the system's CA certificates).

@@ -45,6 +45,9 @@ def _valid_request_id(value: bytes) -> str | None:
         text = value.decode("ascii")
     except UnicodeDecodeError:
         return None
+    # `js-` ids are buffered requests' (ingest_service/buffer/door.py): unique in the ledger, never a client's.
+    if text.startswith("js-"):
+        return None
     return text if 0 < len(text) <= 64 and text.isprintable() else None
 
 

@@ -79,6 +79,10 @@ def results_from_response(response: httpx.Response, expected: int) -> list[Resul
         body = response.json()
     except ValueError:
         return None
+    # Buffered mode: 202 with a receipt for the whole batch, every line accepted (durable in the stream).
+    if response.status_code == 202 and isinstance(body, dict) and body.get("items") == expected:
+        receipt = body.get("receipt")
+        return [{"status": "accepted", "receipt": receipt, "batch_index": i} for i in range(expected)]
     if isinstance(body, dict) and expected == 1:
         body = [body]
     if not isinstance(body, list) or len(body) != expected:

@@ -8,7 +8,9 @@ from typing import Any
 # Statuses that mean the line needs nothing more from us: the API stored it (ok, duplicate,
 # provisioned), or the MQTT broker acknowledged it with a PUBACK (published; the bridge stores it).
 # Any other status is a rejection, stored with its reason.
-ACCEPTED_STATUSES = ("ok", "duplicate", "provisioned", "published")
+# "accepted": the API runs buffered (INGEST_BUFFER=jetstream): the batch is durable in its stream and
+# a writer stores it; the final results are at the receipt.
+ACCEPTED_STATUSES = ("ok", "duplicate", "provisioned", "published", "accepted")
 INTERRUPTED = "interrupted"
 
 

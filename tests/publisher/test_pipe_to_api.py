@@ -12,11 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from tenacity import RetryCallState
 
 from publisher.delivery.config import RetryPolicy
-from publisher.delivery.http_transport import encode_body, parse_retry_after
+from publisher.delivery.http_transport import encode_body, parse_retry_after, results_from_response
 from publisher.delivery.items import Line
 from publisher.delivery.retry import backoff
 from publisher.iot_device_message_generator import main as generator_main
@@ -363,3 +364,12 @@ def test_sigterm_dead_letters_what_is_not_delivered(tmp_path: Path) -> None:
     assert proc.returncode == 130, err
     assert dead.read_bytes() == b"".join(line + b"\n" for line in lines_of(5))
     assert json.loads(out)["undelivered_by_reason"] == {"interrupted": 5}
+
+
+def test_a_buffered_202_accepts_every_line_of_the_batch() -> None:
+    """Buffered mode (INGEST_BUFFER=jetstream) answers a batch with one receipt: every line is
+    accepted (durable in the stream); a receipt for another item count accounts for nothing."""
+    receipt = {"status": "accepted", "receipt": "js-" + "a" * 32 + "-7", "items": 3}
+    results = results_from_response(httpx.Response(202, json=receipt), 3)
+    assert results == [{"status": "accepted", "receipt": receipt["receipt"], "batch_index": i} for i in range(3)]
+    assert results_from_response(httpx.Response(202, json=receipt), 2) is None

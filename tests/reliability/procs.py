@@ -122,7 +122,7 @@ class Api:
         env.update(self.env_overrides)
         return env
 
-    def start(self, migrate: bool = True, timeout: float = 90) -> Api:
+    def start(self, migrate: bool = True, timeout: float = 90, until: str = "/readyz") -> Api:
         cmd = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(self.port)]
         if not migrate:
             cmd.append("--no-migrate")
@@ -131,17 +131,21 @@ class Api:
             cmd, cwd=PROJECT_ROOT, env=self.env(), stdout=log, stderr=log, start_new_session=True
         )
         log.close()
-        self.wait_ready(timeout)
+        try:
+            self.wait_ready(timeout, until)
+        except BaseException:
+            self.kill()  # never leave a server behind that did not come up
+            raise
         return self
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float, path: str = "/readyz") -> None:
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"API exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if httpx.get(self.base + "/readyz", timeout=2).status_code == 200:
+                if httpx.get(self.base + path, timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

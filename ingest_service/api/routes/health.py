@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from psycopg_pool import PoolTimeout
 
-from ingest_service.api.schemas import Health
+from ingest_service.api.routes.receipts import buffer_exposition, buffer_readiness
+from ingest_service.api.schemas import Health, Readiness
 from ingest_service.core.migrate import head_revision
 from ingest_service.core.observability import exposition
 
@@ -27,10 +28,14 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(request: Request) -> Response:
     """The database is reachable, migrated to the schema this build expects, and the ledger takes
-    writes: a lock that would block an insert into raw_record (or an exhausted pool) means unready."""
+    writes: a lock that would block an insert into raw_record (or an exhausted pool) means unready.
+    In buffered mode the API needs only the buffer: ready while JetStream takes requests, with the
+    backlog (lag, redeliveries, dead letters) in the answer."""
+    if request.app.state.buffer is not None:
+        return await buffer_readiness(request.app.state.buffer)
     pool = request.app.state.pool
     try:
         async with pool.connection(timeout=READY_TIMEOUT_SECONDS) as conn, conn.transaction():
@@ -58,6 +63,9 @@ def _unready(detail: str, cause: object) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus text exposition: requests, items by status and reason, latencies."""
-    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+    body = exposition()
+    if request.app.state.buffer is not None:
+        body += await buffer_exposition(request.app.state.buffer)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

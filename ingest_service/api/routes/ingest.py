@@ -16,7 +16,9 @@ from fastapi import APIRouter, Request, Response
 from starlette.requests import ClientDisconnect
 
 from ingest_service.api.answers import answered, refused
+from ingest_service.api.routes import receipts
 from ingest_service.api.schemas import DeviceStartupEvent, ItemResultModel, RefusedBody, TelemetryEvent
+from ingest_service.buffer.publisher import BufferRefused
 from ingest_service.core.config import Settings
 from ingest_service.core.logging import new_request_id, request_id_var
 from ingest_service.core.observability import METRICS
@@ -79,6 +81,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         " nothing stored",
         "model": RefusedBody,
     },
+    202: {"description": "Buffered mode: durable in the stream; results at its receipt", "model": receipts.Accepted},
     401: {"description": "device_startup with a bad provision_token; the body is stored", **_single},
     413: {
         "description": "Body, inflated body or item count over the limit; nothing stored",
@@ -153,6 +156,9 @@ async def ingest(request: Request) -> Response:
         headers["Retry-After"] = str(settings.retry_after_seconds)
         log.warning("database unavailable: answered 503", extra={"fields": {"error": str(exc)[:1000]}})
         response = refused("database_unavailable", DATABASE_UNAVAILABLE, headers)
+    except BufferRefused as exc:  # buffered mode: NATS or the stream did not take it
+        headers["Retry-After"] = str(settings.retry_after_seconds)
+        response = refused(exc.reason, exc.detail, headers)
     except ClientDisconnect:
         response = refused("client_disconnected", "the client closed the connection mid-body", headers)
     METRICS.count_request(response.status_code)
@@ -184,6 +190,8 @@ async def _ingest(
         remote_addr=request.client.host if request.client else None,
         key=key,
     )
+    if request.app.state.buffer is not None:  # buffered mode: writers store it (api/routes/receipts.py)
+        return await receipts.publish(request.app.state.buffer, body, delivery, parsed.items, headers)
     answer = await service.ingest(parsed.items, delivery)
     if not answer.replayed:  # a replay stored nothing: its items were counted at their first delivery
         results = answer.results
