@@ -138,7 +138,9 @@ def test_key_figures_count_only_facts_up_to_the_rollups_watermark(
     after = _key_figures(built_db)
     assert after["data_as_of"] > before["data_as_of"]
     assert after["side_switches_total"] == before["side_switches_total"] + 4
-    assert after["side_switches_last_hour"] == before["side_switches_last_hour"] + 4
+    # The last hour moves with the watermark: older switches may leave it while the new four enter.
+    assert 4 <= after["side_switches_last_hour"] <= before["side_switches_last_hour"] + 4
+    assert after["side_switches_last_hour"] <= after["side_switches_total"]
 
 
 def test_key_figures_test_fails_when_the_last_hour_exceeds_all_time(

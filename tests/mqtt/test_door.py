@@ -18,7 +18,7 @@ from ingest_service.mqtt.door import MqttDoor, Reply, message_key, open_door
 from ingest_service.mqtt.topics import Route
 from tests.utils.events import startup, telemetry
 
-SECRET = "mqtt-door-test-secret"
+SECRET = "mqtt-door-test-secret-of-32-bytes-or-more"
 T7 = Route("telemetry", "7")
 
 
