@@ -117,7 +117,9 @@ def test_an_unknown_reason_fails_the_relationship_test(fresh_db: DatabaseTarget,
             (raw_id,),
         )
     models = ["stg_ingest__ingest_errors", "stg_ingest__ingest_error_reasons"]
-    result = run_dbt(fresh_db, ["build", "--select", *models], tmp_path, check=False)
+    # The ledger accounting spans more models than these (it has its own tests): left out here.
+    only = ["build", "--select", *models, "--exclude", "assert_each_raw_record_has_exactly_one_outcome"]
+    result = run_dbt(fresh_db, only, tmp_path, check=False)
     assert result.returncode == 0 and re.search(r"Done\. PASS=\d+ WARN=1 ERROR=0", result.stdout), result.stdout[-4000:]
     warned = re.findall(r"WARN \d+ (\w+) ", result.stdout)
     assert warned == ["relationships_stg_ingest__ingest_errors_reason__reason__ref_stg_ingest__ingest_error_reasons_"]

@@ -15,7 +15,7 @@ from ingest_service.core.database import DatabaseTarget
 from tests.utils.ledger import ledger
 from tests.utils.processes import PROJECT_ROOT, running_api
 
-SECRET = "e2e-provision-secret"
+SECRET = "e2e-provision-secret-of-32-bytes-or-more"
 COUNT = 4000
 PROVISIONED = 3
 
