@@ -98,6 +98,7 @@ def _hourly_job(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.Execut
     return job.execute_in_process(instance=instance, partition_key=_today(), raise_on_error=False)
 
 
+@pytest.mark.timeout(1500)  # a whole scheduled job: minutes on a busy 2-core machine
 def test_hourly_job_on_good_data_runs_every_dbt_test_as_a_check(
     defs: dg.Definitions, built_db: DatabaseTarget, instance: dg.DagsterInstance
 ) -> None:
@@ -209,6 +210,7 @@ def test_stale_facts_fail_the_freshness_check(built_db: DatabaseTarget) -> None:
     assert stale["ingest/raw_record"].passed and dead["ingest/raw_record"].passed  # the ledger is still fresh
 
 
+@pytest.mark.timeout(1500)  # a whole scheduled job: minutes on a busy 2-core machine
 def test_orphan_raw_row_fails_the_ledger_check_and_blocks_the_marts(
     defs: dg.Definitions, built_db: DatabaseTarget, instance: dg.DagsterInstance
 ) -> None:
