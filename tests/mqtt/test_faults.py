@@ -19,8 +19,9 @@ from bench.mosquitto import OwnedMosquitto
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.mqtt.door import message_key
 from tests.mqtt.clients import BridgeProcess, MqttClient, wait_stable
-from tests.reliability.ledger import _content, assert_one_outcome_per_raw_row
+from tests.reliability.ledger import _content
 from tests.reliability.procs import OwnedPostgres, wait_for
+from tests.utils.ledger import assert_one_outcome_per_raw_row
 from tests.utils.events import telemetry
 
 pytestmark = pytest.mark.slow
@@ -80,7 +81,7 @@ def reconcile(url: str, messages: list[tuple[str, bytes]], valid: set[bytes], re
     keys = ["mqtt:" + message_key(t, p, None, str(n).encode()) for n, (t, p) in enumerate(messages)]
     with psycopg.connect(url, autocommit=True) as conn:
         rows = conn.execute("select request_id, id, payload, body_text, body_bytes from ingest.raw_record").fetchall()
-        total = assert_one_outcome_per_raw_row(conn)
+        total = assert_one_outcome_per_raw_row(conn).raw_rows
         facts = conn.execute(
             """select count(*), count(distinct (device_id, record_type_id, record_time, value))
                from ingest.processed_record"""
