@@ -21,8 +21,8 @@ from ingest_service.mqtt.door import message_key
 from tests.mqtt.clients import BridgeProcess, MqttClient, wait_stable
 from tests.reliability.ledger import _content
 from tests.reliability.procs import OwnedPostgres, wait_for
-from tests.utils.ledger import assert_one_outcome_per_raw_row
 from tests.utils.events import telemetry
+from tests.utils.ledger import assert_one_outcome_per_raw_row
 
 pytestmark = pytest.mark.slow
 
