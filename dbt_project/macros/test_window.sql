@@ -1,0 +1,66 @@
+{#
+    The hourly run's tests read only the changed window; the daily run's read all history.
+
+    With the `test_since` var (an ISO timestamp; the Dagster hourly job passes the rollup's watermark
+    before its build, minus the lookback), a generic test over a relation with a window column sees
+    only the rows at or after it:
+    - a source: its `loaded_at_field` (the same column freshness reads);
+    - a model: `config.meta.test_window.column` (and `grain: day` for a date column: the whole UTC
+      day that holds test_since).
+    Relations without one (the per-device metrics, the seeds, the small lookup tables) are tested
+    whole: they are small. Unset (`dbt build`, the daily job), every test reads everything.
+    Singular tests call `in_test_window` on their own columns.
+#}
+
+{# SQL predicate: `column` is in the test window (`true` without test_since). #}
+{% macro in_test_window(column, grain=none) %}
+    {%- set since = var('test_since') -%}
+    {%- if not since -%}
+        true
+    {%- elif grain == 'day' -%}
+        {{ column }} >= ('{{ since }}'::timestamptz at time zone 'UTC')::date
+    {%- else -%}
+        {{ column }} >= '{{ since }}'::timestamptz
+    {%- endif -%}
+{% endmacro %}
+
+
+{# The window column (and grain) of the source or model `relation` is built into, or none. #}
+{% macro test_window_of(relation) %}
+    {%- set wanted = (relation.schema ~ '.' ~ relation.identifier) | lower -%}
+    {%- for source in graph.sources.values() -%}
+        {%- if (source.schema ~ '.' ~ source.identifier) | lower == wanted and source.loaded_at_field -%}
+            {{ return({'column': source.loaded_at_field}) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- for node in graph.nodes.values() if node.resource_type == 'model' -%}
+        {%- if (node.schema ~ '.' ~ node.alias) | lower == wanted -%}
+            {{ return(node.config.meta.get('test_window')) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(none) }}
+{% endmacro %}
+
+
+{# dbt's generic tests read `get_where_subquery(model)`: the test's own `where`, and the window. #}
+{% macro postgres__get_where_subquery(relation) -%}
+    {%- set filters = [] -%}
+    {%- set where = config.get('where', '') -%}
+    {%- if where -%}
+        {%- do filters.append('(' ~ where ~ ')') -%}
+    {%- endif -%}
+    {%- if var('test_since') and execute -%}
+        {%- set window = test_window_of(relation) -%}
+        {%- if window -%}
+            {%- do filters.append(in_test_window(window['column'], window.get('grain'))) -%}
+        {%- endif -%}
+    {%- endif -%}
+    {%- if filters -%}
+        {%- set filtered -%}
+            (select * from {{ relation }} where {{ filters | join(' and ') }}) dbt_subquery
+        {%- endset -%}
+        {%- do return(filtered) -%}
+    {%- else -%}
+        {%- do return(relation) -%}
+    {%- endif -%}
+{%- endmacro %}
