@@ -1,9 +1,9 @@
 {#
     The hourly run's tests read only the changed window; the daily run's read all history.
 
-    With the `test_since` var (an ISO timestamp; the Dagster hourly job passes the rollup's watermark
-    before its build, minus the lookback), a generic test over a relation with a window column sees
-    only the rows at or after it:
+    With the `test_since` var (an ISO timestamp: the Dagster hourly job passes the rollup's watermark
+    before its build), a generic test over a relation with a window column sees only the rows at or
+    after it minus `rollup_lookback_minutes` (what the build re-reads):
     - a source: its `loaded_at_field` (the same column freshness reads);
     - a model: `config.meta.test_window.column` (and `grain: day` for a date column: the whole UTC
       day that holds test_since).
@@ -15,12 +15,15 @@
 {# SQL predicate: `column` is in the test window (`true` without test_since). #}
 {% macro in_test_window(column, grain=none) %}
     {%- set since = var('test_since') -%}
+    {%- set start -%}
+        ('{{ since }}'::timestamptz - interval '{{ var('rollup_lookback_minutes') }} minutes')
+    {%- endset -%}
     {%- if not since -%}
         true
     {%- elif grain == 'day' -%}
-        {{ column }} >= ('{{ since }}'::timestamptz at time zone 'UTC')::date
+        {{ column }} >= ({{ start }} at time zone 'UTC')::date
     {%- else -%}
-        {{ column }} >= '{{ since }}'::timestamptz
+        {{ column }} >= {{ start }}
     {%- endif -%}
 {% endmacro %}
 
