@@ -49,7 +49,7 @@ def test_hourly_job_runs_in_one_process_and_the_daily_job_refreshes_everything(d
     hourly = defs.resolve_job_def("analytics_hourly_job")
     daily = defs.resolve_job_def("analytics_daily_job")
     assert hourly.executor_def.name == "in_process" and daily.executor_def.name == "in_process"
-    assert daily.run_config == {"ops": {"dbt_models": {"config": {"full_refresh": True, "reprocess_days": []}}}}
+    assert daily.run_config and daily.run_config["ops"]["dbt_models"]["config"]["full_refresh"] is True
     # One dbt step: every dbt asset is in the one multi-asset.
     dbt_steps = [node for node in hourly.graph.node_defs if node.name == "dbt_models"]
     assert len(dbt_steps) == 1

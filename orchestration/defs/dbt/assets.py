@@ -1,3 +1,4 @@
+import json
 import time
 
 import dagster as dg
@@ -55,4 +56,4 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres:
     # Row counts cost a count(*) per table, which follows history: the daily run only.
     yield from (events.fetch_row_counts() if config.full_refresh else events)
     timings = dbt_timings(invocation.get_artifact("run_results.json"), time.perf_counter() - started)
-    context.log.info(f"dbt timings: {timings}")
+    context.log.info(f"dbt timings: {json.dumps(timings)}")
