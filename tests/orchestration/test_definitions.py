@@ -50,6 +50,9 @@ def test_hourly_job_runs_in_one_process_and_the_daily_job_refreshes_everything(d
     daily = defs.resolve_job_def("analytics_daily_job")
     assert hourly.executor_def.name == "in_process" and daily.executor_def.name == "in_process"
     assert daily.run_config and daily.run_config["ops"]["dbt_models"]["config"]["full_refresh"] is True
+    # The same assets and checks (every dbt test, as test_assets.py asserts of the hourly run's evaluations).
+    assert hourly.asset_layer.selected_asset_keys == daily.asset_layer.selected_asset_keys
+    assert hourly.asset_layer.asset_graph.asset_check_keys == daily.asset_layer.asset_graph.asset_check_keys
     # One dbt step: every dbt asset is in the one multi-asset.
     dbt_steps = [node for node in hourly.graph.node_defs if node.name == "dbt_models"]
     assert len(dbt_steps) == 1
