@@ -9,7 +9,7 @@ one; dropped at the end, also on failure):
   load      scripts/bulk_load_facts.py --fast: N facts over 30 days, one ledger row each
   full      the first `dbt build` (every model from all history, every test over all of it)
   steady    one hour of facts appended (--append-hour), then the hourly job's own `dbt build`:
-            incremental marts, tests over the changed window (test_since = the rollup's watermark)
+            incremental marts, tests over the changed window (DBT_TEST_SINCE = the rollup's watermark)
   dagster   one more hour appended, then the scheduled job end to end as the daemon launches it
             (`dagster job execute -j analytics_hourly_job`: process start, code location load, the
             run, teardown), with the run's step timings from its event log (orchestration/lib/timings.py)
@@ -72,7 +72,9 @@ def rollup_watermark(target: DatabaseTarget) -> str:
 
 
 def dbt(args: list[str], env: dict[str, str], target_dir: Path) -> float:
-    command = [DBT_EXECUTABLE, *args, "--exclude-resource-type", "unit_test", "--target-path", str(target_dir)]
+    command = [DBT_EXECUTABLE, *args, "--target-path", str(target_dir)]
+    if args[0] == "build":
+        command += ["--exclude-resource-type", "unit_test"]
     command += ["--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
     return run(command, env, cwd=DBT_PROJECT_DIR)
 
@@ -93,8 +95,8 @@ def measure(server: DatabaseTarget, size: int, work: Path) -> dict[str, Any]:
         print(f"[{label(size)}] full build {figures['full_build_s']} s", file=sys.stderr, flush=True)
 
         run([*loader, "--append-hour"], env)
-        hourly_vars = json.dumps({"test_since": rollup_watermark(target)})
-        figures["steady_build_s"] = round(dbt(["build", "--vars", hourly_vars], env, target_dir), 1)
+        window = {**env, "DBT_TEST_SINCE": rollup_watermark(target)}
+        figures["steady_build_s"] = round(dbt(["build"], window, target_dir), 1)
         print(f"[{label(size)}] steady-state build {figures['steady_build_s']} s", file=sys.stderr, flush=True)
 
         run([*loader, "--append-hour"], env)

@@ -1,9 +1,9 @@
 {#
     The hourly run's tests read only the changed window; the daily run's read all history.
 
-    With the `test_since` var (an ISO timestamp: the Dagster hourly job passes the rollup's watermark
-    before its build), a generic test over a relation with a window column sees only the rows at or
-    after it minus `rollup_lookback_minutes` (what the build re-reads):
+    With DBT_TEST_SINCE (an ISO timestamp in the environment: the Dagster hourly job sets the rollup's
+    watermark before its build), a generic test over a relation with a window column sees only the
+    rows at or after it minus `rollup_lookback_minutes` (what the build re-reads):
     - a source: its `loaded_at_field` (the same column freshness reads);
     - a model: `config.meta.test_window.column` (and `grain: day` for a date column: the whole UTC
       day that holds test_since).
@@ -12,9 +12,20 @@
     Singular tests call `in_test_window` on their own columns.
 #}
 
-{# SQL predicate: `column` is in the test window (`true` without test_since). #}
+{#
+    The window's start, from the environment variable DBT_TEST_SINCE (empty: no window). Read only
+    when executing: dbt re-parses the whole project when a var changes, and an environment variable
+    read while parsing would make it re-parse every test each hour; read at execution time, a new
+    value costs nothing.
+#}
+{% macro test_since() %}
+    {{ return(env_var('DBT_TEST_SINCE', '') if execute else '') }}
+{% endmacro %}
+
+
+{# SQL predicate: `column` is in the test window (`true` without a window). #}
 {% macro in_test_window(column, grain=none) %}
-    {%- set since = var('test_since') -%}
+    {%- set since = test_since() -%}
     {%- set start -%}
         ('{{ since }}'::timestamptz - interval '{{ var('rollup_lookback_minutes') }} minutes')
     {%- endset -%}
@@ -52,7 +63,7 @@
     {%- if where -%}
         {%- do filters.append('(' ~ where ~ ')') -%}
     {%- endif -%}
-    {%- if var('test_since') and execute -%}
+    {%- if test_since() -%}
         {%- set window = test_window_of(relation) -%}
         {%- if window -%}
             {%- do filters.append(in_test_window(window['column'], window.get('grain'))) -%}

@@ -14,7 +14,7 @@ rollup_watermark as (
 
 ),
 
-{%- if var('test_since') %}
+{%- if test_since() %}
 
 -- The hourly run: the groups with facts ingested in the window, or re-rolled in it, counted whole.
 checked_groups as (

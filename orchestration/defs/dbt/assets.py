@@ -1,4 +1,5 @@
 import json
+import os
 import time
 
 import dagster as dg
@@ -6,13 +7,14 @@ from dagster_dbt import DbtCliResource, dbt_assets
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 
 from orchestration.defs.dbt.project import dbt_project
-from orchestration.lib.dbt.args import check_tests, dbt_build_args, dbt_timings, hourly_dbt_vars
+from orchestration.lib.dbt.args import check_tests, dbt_build_args, dbt_timings, hourly_dbt_vars, test_window_start
 from orchestration.lib.dbt.manifest import relation_name
 from orchestration.lib.dbt.translator import IotDbtTranslator
 from orchestration.lib.postgres import PostgresResource
 
 # The incremental rollup: its newest last_ingested_at before a build opens the hourly run's test window.
 ROLLUP_MODEL = "fct_readings_hourly"
+TEST_SINCE_ENV = "DBT_TEST_SINCE"
 
 # Every dbt step shares one pool: two `dbt build`s rebuilding the same tables (the hourly and the
 # daily job) would trip over each other.
@@ -44,14 +46,21 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres:
     One invocation: dbt itself skips what sits downstream of a failing test, so the blocking ledger
     check still stops the marts. Hourly (the default), the tests read only the window since the
     rollup's watermark before this build (minus its lookback); with `full_refresh` they read all."""
-    dbt_vars: dict[str, object] = {}
+    since = ""
     if not config.full_refresh:
         manifest = get_manifest_and_translator_from_dbt_assets([context.assets_def])[0]
         watermark = postgres.max_of(relation_name(manifest, ROLLUP_MODEL), "last_ingested_at")
-        dbt_vars = hourly_dbt_vars(watermark, config.reprocess_days)
+        since = test_window_start(watermark, config.reprocess_days)
+    dbt_vars = hourly_dbt_vars(config.reprocess_days)
     args = dbt_build_args(tests=check_tests(context), full_refresh=config.full_refresh, dbt_vars=dbt_vars)
     started = time.perf_counter()
-    invocation = dbt.cli(args, context=context)
+    # The window goes in the environment, not in --vars: a var that changes every hour would make
+    # dbt re-parse the whole project every hour (macros/test_window.sql). dbt starts inside cli().
+    os.environ[TEST_SINCE_ENV] = since
+    try:
+        invocation = dbt.cli(args, context=context)
+    finally:
+        del os.environ[TEST_SINCE_ENV]
     events = invocation.stream()
     # Row counts cost a count(*) per table, which follows history: the daily run only.
     yield from (events.fetch_row_counts() if config.full_refresh else events)

@@ -52,21 +52,23 @@ def check_tests(context: dg.AssetExecutionContext) -> list[str]:
     return sorted(get_dbt_test_names_for_check_keys(translator, manifest, assets_def, keys))
 
 
-def hourly_dbt_vars(watermark: datetime | None, reprocess_days: Sequence[str]) -> dict[str, Any]:
-    """dbt vars of the hourly run. `test_since`: the rollup's watermark before the build (dbt
-    subtracts the rollup's lookback: its tests read what the build re-reads), or the start of the
-    oldest of `reprocess_days` when that is earlier; none when there is no rollup yet (a first
-    build tests everything)."""
-    dbt_vars: dict[str, Any] = {}
+def hourly_dbt_vars(reprocess_days: Sequence[str]) -> dict[str, Any]:
+    """dbt vars of an incremental run: the UTC days to rebuild whole, if any (validated, sorted)."""
     days = sorted({date.fromisoformat(day).isoformat() for day in reprocess_days})
-    if days:
-        dbt_vars["reprocess_days"] = days
-    if watermark is not None:
-        since = watermark
-        if days:
-            since = min(since, datetime.combine(date.fromisoformat(days[0]), time(), tzinfo=UTC))
-        dbt_vars["test_since"] = since.isoformat()
-    return dbt_vars
+    return {"reprocess_days": days} if days else {}
+
+
+def test_window_start(watermark: datetime | None, reprocess_days: Sequence[str]) -> str:
+    """DBT_TEST_SINCE of an incremental run: the rollup's watermark before the build (dbt subtracts
+    the rollup's lookback, so the tests read what the build re-reads), or the start of the oldest
+    of `reprocess_days` when that is earlier; empty (every test reads everything) when there is no
+    rollup yet."""
+    if watermark is None:
+        return ""
+    since = watermark
+    for day in reprocess_days:
+        since = min(since, datetime.combine(date.fromisoformat(day), time(), tzinfo=UTC))
+    return since.isoformat()
 
 
 def dbt_timings(run_results: Mapping[str, Any], wall_seconds: float) -> dict[str, Any]:
