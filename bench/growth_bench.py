@@ -71,6 +71,16 @@ def rollup_watermark(target: DatabaseTarget) -> str:
     return row[0].isoformat()
 
 
+def ingest_bytes(target: DatabaseTarget) -> int:
+    """The ledger's and the facts' size on disk, indexes and TOAST included."""
+    with psycopg.connect(target.url) as conn:
+        row = conn.execute(
+            "select pg_total_relation_size('ingest.raw_record') + pg_total_relation_size('ingest.processed_record')"
+        ).fetchone()
+    assert row
+    return int(row[0])
+
+
 def dbt(args: list[str], env: dict[str, str], target_dir: Path) -> float:
     command = [DBT_EXECUTABLE, *args, "--target-path", str(target_dir)]
     if args[0] == "build":
@@ -89,6 +99,7 @@ def measure(server: DatabaseTarget, size: int, work: Path) -> dict[str, Any]:
     try:
         print(f"[{label(size)}] loading {size:,} facts", file=sys.stderr, flush=True)
         figures["load_s"] = round(run([*loader, "--facts", str(size), "--recreate", "--fast"], env), 1)
+        figures["ingest_bytes_per_fact"] = ingest_bytes(target) // size
         target_dir = work / f"target_{label(size)}"
         dbt(["parse", "--quiet"], env, target_dir)  # as `make up` prepares it: the runs below partial-parse
         figures["full_build_s"] = round(dbt(["build"], env, target_dir), 1)

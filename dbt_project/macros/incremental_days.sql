@@ -122,3 +122,15 @@
         watermark_literal(own_max('last_ingested_at'))
     )) }}
 {% endmacro %}
+
+
+{# The same over the extension readings (observed days of readings ingested since the watermark). #}
+{% macro extension_changed_days() %}
+    {%- if not is_incremental() -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {{ return(changed_days(
+        ref('int_readings_unified_mm'), utc_day('observed_at'), 'ingested_at',
+        watermark_literal(own_max('last_ingested_at'))
+    )) }}
+{% endmacro %}
