@@ -16,8 +16,13 @@
         {%- set days = days.split(',') -%}
     {%- endif -%}
     {%- set clean = [] -%}
-    {%- for day in days if day | trim -%}
-        {%- do clean.append(modules.datetime.date.fromisoformat(day | trim | string).isoformat()) -%}
+    {%- for day in days if day | string | trim -%}
+        {%- set day = day | string | trim -%}
+        {#- YYYY-MM-DD; '<day>'::date in the SQL then refuses an impossible date. -#}
+        {%- if day | length != 10 or day.split('-') | length != 3 or not day.replace('-', '').isdigit() -%}
+            {{ exceptions.raise_compiler_error("reprocess_days: '" ~ day ~ "' is not a YYYY-MM-DD day") }}
+        {%- endif -%}
+        {%- do clean.append(day) -%}
     {%- endfor -%}
     {{ return(clean | unique | sort | list) }}
 {% endmacro %}

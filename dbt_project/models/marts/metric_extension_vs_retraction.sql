@@ -1,4 +1,6 @@
-{{ config(materialized='incremental', incremental_strategy='delete+insert', unique_key='device_id', on_schema_change='fail') }}
+{{ config(
+    materialized='incremental', incremental_strategy='delete+insert', unique_key='device_id', on_schema_change='fail'
+) }}
 -- depends_on: {{ ref('int_extension_moves_daily') }}
 
 {%- if is_incremental() %}

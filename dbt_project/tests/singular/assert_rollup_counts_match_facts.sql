@@ -45,16 +45,17 @@ fact_counts as (
         checked_groups.hour_start,
         group_facts.facts
     from checked_groups
-    cross join lateral (
-        select count(*) as facts
-        from {{ source('ingest', 'processed_record') }} as facts
-        where
-            facts.device_id = checked_groups.device_id  -- noqa: RF03
-            and facts.record_type_id = checked_groups.record_type_id
-            and facts.record_time >= checked_groups.hour_start
-            and facts.record_time < checked_groups.hour_start + interval '1 hour'
-            and facts.ingested_at <= (select rollup_watermark.ingested_until from rollup_watermark)
-    ) as group_facts
+    cross join
+        lateral (
+            select count(*) as facts
+            from {{ source('ingest', 'processed_record') }} as facts
+            where
+                facts.device_id = checked_groups.device_id  -- noqa: RF03
+                and facts.record_type_id = checked_groups.record_type_id
+                and facts.record_time >= checked_groups.hour_start
+                and facts.record_time < checked_groups.hour_start + interval '1 hour'
+                and facts.ingested_at <= (select rollup_watermark.ingested_until from rollup_watermark)
+        ) as group_facts
     where group_facts.facts > 0
 
 ),
