@@ -16,13 +16,9 @@
         {%- set days = days.split(',') -%}
     {%- endif -%}
     {%- set clean = [] -%}
+    {#- Each goes into SQL as to_date('<day>', 'YYYY-MM-DD') (day_sql), which refuses anything else. -#}
     {%- for day in days if day | string | trim -%}
-        {%- set day = day | string | trim -%}
-        {#- YYYY-MM-DD; '<day>'::date in the SQL then refuses an impossible date. -#}
-        {%- if day | length != 10 or day.split('-') | length != 3 or not day.replace('-', '').isdigit() -%}
-            {{ exceptions.raise_compiler_error("reprocess_days: '" ~ day ~ "' is not a YYYY-MM-DD day") }}
-        {%- endif -%}
-        {%- do clean.append(day) -%}
+        {%- do clean.append(day | string | trim | replace("'", "")) -%}
     {%- endfor -%}
     {{ return(clean | unique | sort | list) }}
 {% endmacro %}
@@ -66,14 +62,24 @@
 {% endmacro %}
 
 
+{# A day as SQL: an error for anything but YYYY-MM-DD ('yesterday'::date would be accepted). #}
+{% macro day_sql(day) -%}
+    to_date('{{ day }}', 'YYYY-MM-DD')
+{%- endmacro %}
+
+
 {# `day_expr` (a date) is one of `days`, or on/after `from_day`; false when there is neither. #}
 {% macro day_in(day_expr, days, from_day=none) %}
     {%- set parts = [] -%}
     {%- if from_day is not none -%}
-        {%- do parts.append(day_expr ~ " >= '" ~ from_day ~ "'::date") -%}
+        {%- do parts.append(day_expr ~ " >= " ~ day_sql(from_day)) -%}
     {%- endif -%}
     {%- if days -%}
-        {%- do parts.append(day_expr ~ " in ('" ~ (days | join("'::date, '")) ~ "'::date)") -%}
+        {%- set listed = [] -%}
+        {%- for day in days -%}
+            {%- do listed.append(day_sql(day)) -%}
+        {%- endfor -%}
+        {%- do parts.append(day_expr ~ " in (" ~ (listed | join(', ')) ~ ")") -%}
     {%- endif -%}
     ({{ parts | join(' or ') if parts else 'false' }})
 {% endmacro %}
@@ -86,12 +92,12 @@
 {% macro timestamp_in_days(column, days, from_day=none) %}
     {%- set parts = [] -%}
     {%- if from_day is not none -%}
-        {%- do parts.append(column ~ " >= ('" ~ from_day ~ "'::date::timestamp at time zone 'UTC')") -%}
+        {%- do parts.append(column ~ " >= (" ~ day_sql(from_day) ~ "::timestamp at time zone 'UTC')") -%}
     {%- endif -%}
     {%- for day in days -%}
         {%- do parts.append(
-            "(" ~ column ~ " >= ('" ~ day ~ "'::date::timestamp at time zone 'UTC') and "
-            ~ column ~ " < (('" ~ day ~ "'::date + 1)::timestamp at time zone 'UTC'))"
+            "(" ~ column ~ " >= (" ~ day_sql(day) ~ "::timestamp at time zone 'UTC') and "
+            ~ column ~ " < ((" ~ day_sql(day) ~ " + 1)::timestamp at time zone 'UTC'))"
         ) -%}
     {%- endfor -%}
     ({{ parts | join(' or ') if parts else 'false' }})
