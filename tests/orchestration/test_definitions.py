@@ -13,7 +13,7 @@ import dagster as dg
 import psycopg
 import pytest
 
-from orchestration.lib.dbt.args import dbt_build_args, dbt_timings, hourly_dbt_vars, test_window_start
+from orchestration.lib.dbt.args import dbt_build_args, dbt_timings, hourly_dbt_vars, hourly_test_window
 from orchestration.lib.dbt.manifest import freshness_status
 from orchestration.lib.launch import dagster_postgres_url, ensure_schema, prepare_dagster_home
 from tests.utils.processes import PROJECT_ROOT
@@ -135,11 +135,11 @@ def test_dbt_build_args_name_the_tests_exclude_unit_tests_and_pass_vars() -> Non
 
 def test_the_hourly_test_window_opens_at_the_watermark_or_the_oldest_reprocessed_day() -> None:
     watermark = datetime(2026, 3, 4, 17, 2, tzinfo=UTC)
-    assert test_window_start(None, []) == ""  # no rollup yet: a first build tests everything
-    assert test_window_start(watermark, []) == "2026-03-04T17:02:00+00:00"
+    assert hourly_test_window(None, []) == ""  # no rollup yet: a first build tests everything
+    assert hourly_test_window(watermark, []) == "2026-03-04T17:02:00+00:00"
     # Reprocessed days are rebuilt whole (a var, sorted and once each), and tested from the oldest.
     days = ["2026-03-01", "2026-02-27", "2026-03-01"]
-    assert test_window_start(watermark, days) == "2026-02-27T00:00:00+00:00"
+    assert hourly_test_window(watermark, days) == "2026-02-27T00:00:00+00:00"
     assert hourly_dbt_vars(days) == {"reprocess_days": ["2026-02-27", "2026-03-01"]}
     assert hourly_dbt_vars([]) == {}
     with pytest.raises(ValueError):

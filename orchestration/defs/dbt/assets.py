@@ -7,7 +7,7 @@ from dagster_dbt import DbtCliResource, dbt_assets
 from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 
 from orchestration.defs.dbt.project import dbt_project
-from orchestration.lib.dbt.args import check_tests, dbt_build_args, dbt_timings, hourly_dbt_vars, test_window_start
+from orchestration.lib.dbt.args import check_tests, dbt_build_args, dbt_timings, hourly_dbt_vars, hourly_test_window
 from orchestration.lib.dbt.manifest import relation_name
 from orchestration.lib.dbt.translator import IotDbtTranslator
 from orchestration.lib.postgres import PostgresResource
@@ -50,7 +50,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres:
     if not config.full_refresh:
         manifest = get_manifest_and_translator_from_dbt_assets([context.assets_def])[0]
         watermark = postgres.max_of(relation_name(manifest, ROLLUP_MODEL), "last_ingested_at")
-        since = test_window_start(watermark, config.reprocess_days)
+        since = hourly_test_window(watermark, config.reprocess_days)
     dbt_vars = hourly_dbt_vars(config.reprocess_days)
     args = dbt_build_args(tests=check_tests(context), full_refresh=config.full_refresh, dbt_vars=dbt_vars)
     started = time.perf_counter()

@@ -58,7 +58,7 @@ def hourly_dbt_vars(reprocess_days: Sequence[str]) -> dict[str, Any]:
     return {"reprocess_days": days} if days else {}
 
 
-def test_window_start(watermark: datetime | None, reprocess_days: Sequence[str]) -> str:
+def hourly_test_window(watermark: datetime | None, reprocess_days: Sequence[str]) -> str:
     """DBT_TEST_SINCE of an incremental run: the rollup's watermark before the build (dbt subtracts
     the rollup's lookback, so the tests read what the build re-reads), or the start of the oldest
     of `reprocess_days` when that is earlier; empty (every test reads everything) when there is no
