@@ -61,6 +61,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     target = resolve_target(settings)
     migrate.upgrade(target)
     print(f"migrated {target.parts['dbname']} to {migrate.current_revision(target)}")
+    from ingest_service.lifecycle.commands import ensure_partitions
+
+    print(f"partitions: {len(ensure_partitions(target, settings))} created ahead")
     if settings.ingest_buffer == "jetstream":
         from ingest_service.buffer.stream import ensure_stream_sync
 
@@ -74,6 +77,38 @@ def cmd_dbt(args: argparse.Namespace) -> int:
     env.setdefault("DBT_PROFILES_DIR", str(DBT_PROJECT_DIR))
     dbt = Path(sys.executable).with_name("dbt")
     return subprocess.call([str(dbt), *args.dbt_args], cwd=DBT_PROJECT_DIR, env=env)
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    from ingest_service.lifecycle.archive import ArchiveError
+    from ingest_service.lifecycle.commands import run_archive
+
+    settings = _settings()
+    if settings.retention_days is None:
+        print("archive: RETENTION_DAYS is unset, everything is kept")
+        return 0
+    try:
+        results = run_archive(resolve_target(settings), settings)
+    except ArchiveError as exc:
+        print(f"iot-platform archive: {exc}", file=sys.stderr)
+        return 1
+    for result in results:
+        print(result.describe())
+    print(f"archive: {len(results)} day(s) older than {settings.retention_days} days to {settings.resolved_archive_url}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from ingest_service.lifecycle.archive import ArchiveError
+    from ingest_service.lifecycle.commands import run_restore
+
+    settings = _settings()
+    try:
+        print(run_restore(resolve_target(settings), settings, args.day).describe())
+    except (ArchiveError, ValueError) as exc:
+        print(f"iot-platform restore: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     dbt = sub.add_parser("dbt", help="run dbt from dbt_project/ against the configured database", add_help=False)
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)
+
+    arc = sub.add_parser(
+        "archive",
+        help="write the day partitions older than RETENTION_DAYS to Parquet under ARCHIVE_URL, verify, then drop them",
+    )
+    arc.set_defaults(func=cmd_archive)
+    res = sub.add_parser("restore", help="bring an archived day (YYYY-MM-DD or a partition name) back")
+    res.add_argument("day")
+    res.set_defaults(func=cmd_restore)
 
     _add_service_commands(sub)
     return parser
