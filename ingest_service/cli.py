@@ -94,7 +94,9 @@ def cmd_archive(args: argparse.Namespace) -> int:
         return 1
     for result in results:
         print(result.describe())
-    print(f"archive: {len(results)} day(s) older than {settings.retention_days} days to {settings.resolved_archive_url}")
+    print(
+        f"archive: {len(results)} day(s) older than {settings.retention_days} days to {settings.resolved_archive_url}"
+    )
     return 0
 
 

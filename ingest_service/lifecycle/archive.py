@@ -231,7 +231,10 @@ def export_partition(conn: psycopg.Connection, archive: Archive, partition: Part
             count += len(batch)
             id_min = batch[0][id_at] if id_min is None else id_min
             id_max = batch[-1][id_at]
-            arrays = [pa.array(values, type=field.type) for values, field in zip(zip(*batch), schema, strict=True)]
+            arrays = [
+                pa.array(values, type=field.type)
+                for values, field in zip(zip(*batch, strict=True), schema, strict=True)
+            ]
             writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
     return FileEntry(
         table=partition.table,
@@ -399,6 +402,8 @@ def restore(conn: psycopg.Connection, archive_url: str, day: date) -> DayResult:
                         copy.write_row(row)
             stats = _table_stats(conn, entry.partition, entry.id_column)
             if stats != (entry.rows, entry.id_min, entry.id_max):
-                raise ArchiveError(f"ingest.{entry.partition}: restored {stats}, the manifest says "
-                                   f"{(entry.rows, entry.id_min, entry.id_max)}")
+                raise ArchiveError(
+                    f"ingest.{entry.partition}: restored {stats}, the manifest says "
+                    f"{(entry.rows, entry.id_min, entry.id_max)}"
+                )
     return DayResult(day, "restored", manifest.files)

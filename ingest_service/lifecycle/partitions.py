@@ -63,7 +63,7 @@ def parse_day(text: str) -> date:
 
 def partitioned_tables(conn: psycopg.Connection) -> dict[str, str]:
     """Each partitioned ingest table and its partition key column."""
-    return {table: key for table, key in conn.execute(PARTITIONED_TABLES).fetchall()}
+    return dict(conn.execute(PARTITIONED_TABLES).fetchall())
 
 
 def list_partitions(conn: psycopg.Connection) -> list[Partition]:

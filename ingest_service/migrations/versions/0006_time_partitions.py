@@ -197,7 +197,8 @@ begin
     end if;
     execute format(
         'create table ingest.%I partition of ingest.%I for values from (%L) to (%L)',
-        part, p_table, to_char(p_day, 'YYYY-MM-DD') || ' 00:00:00+00', to_char(p_day + 1, 'YYYY-MM-DD') || ' 00:00:00+00'
+        part, p_table,
+        to_char(p_day, 'YYYY-MM-DD') || ' 00:00:00+00', to_char(p_day + 1, 'YYYY-MM-DD') || ' 00:00:00+00'
     );
     if p_table = 'raw_record' then
         -- Statement triggers are not cloned to partitions: a TRUNCATE of the partition itself is refused here.
@@ -296,7 +297,9 @@ $$;
 -- The facts' identity sequence continues after the copied ids.
 select setval(
     pg_get_serial_sequence('ingest.processed_record', 'id'),
-    greatest((select max(id) from ingest.processed_record_0005), (select last_value from ingest.processed_record_id_seq)),
+    greatest(
+        (select max(id) from ingest.processed_record_0005), (select last_value from ingest.processed_record_id_seq)
+    ),
     (select max(id) from ingest.processed_record_0005) is not null
         or (select is_called from ingest.processed_record_id_seq)
 );
