@@ -3,6 +3,7 @@
     make bench                                  # = python -m bench.ingest_bench
     python -m bench.ingest_bench --quick        # one short repetition of everything
     python -m bench.ingest_bench --soak 600     # 10 minutes of full load: the API's memory over time
+    python -m bench.ingest_bench --history 10000000   # then batches of 1,000 again with 10 M facts stored
 
 It starts its own PostgreSQL (a pgserver data folder under .data/bench-pg, never the dev data; or
 --server-url), creates fresh migrated databases, starts `iot-platform serve` and a no-op server of
@@ -17,6 +18,11 @@ the same stack on free ports, then per repetition measures:
 
 with the CPU of each process (API, PostgreSQL, load generator) and the API's RSS; verifies with
 SQL counts that nothing was lost or duplicated; prints the medians and writes JSON to bench/results/.
+
+With --history N, after the repetitions it COPYs N facts and their ledger rows spread over the last
+30 days into the API's database (scripts/bulk_load_facts.py, into their day partitions), then
+measures batches of 1,000 again against the same API: the rate with that history stored, as a
+ratio to the empty database's rate of the same run (issue 15: at least 80 % at 10 M).
 """
 
 from __future__ import annotations
@@ -628,6 +634,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".data" / "bench-pg")
     p.add_argument("--keep-server", action="store_true", help="leave the benchmark's PostgreSQL running")
     p.add_argument("--out", type=Path, default=None, help="JSON result path (default bench/results/<time>.json)")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="then preload this many facts (with ledger rows) and measure batches of 1,000 again (default 0: no)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.reps, args.copy_batches = 4.0, 1, 100
@@ -718,6 +730,8 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
                         + f"  cpu {result['cpu']}",
                         flush=True,
                     )
+            if args.history:
+                report["history"] = with_history(args, api_db, port, state, meter, results.get("batch1000", []))
         replay = replay_first_batch(port, state)
         time.sleep(0.5)
         sampler.stop()
@@ -739,6 +753,12 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
             f"{s['rss_first_mb']:.0f} -> {s['rss_last_mb']:.0f} MB (max {s['rss_max_mb']:.0f} MB, "
             f"{s['rss_growth_mb_per_million_events']:+.2f} MB per million events)"
         )
+    if "history" in report:
+        h = report["history"]
+        print(
+            f"history: batches of 1,000 with {h['facts']:,} facts stored {h['events_per_s']:,.0f} events/s, "
+            f"empty {h['empty_events_per_s']:,.0f} events/s: {h['ratio']:.0%} (target >= 80 %)"
+        )
     v = report["verification"]
     print(
         f"verification: raw {v['raw_rows']:,} (answered {v['answered_items']:,}, in-flight allowance "
@@ -754,6 +774,44 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"results: {out}")
     return 0 if v["ok"] else 1
+
+
+def with_history(
+    args: argparse.Namespace,
+    target: DatabaseTarget,
+    port: int,
+    state: TimeCursor,
+    meter: CpuMeter,
+    empty_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Preload `args.history` facts, then batches of 1,000 again: the rate as a ratio to the empty one."""
+    import random
+
+    from scripts import bulk_load_facts as bulk
+
+    print(f"preloading {args.history:,} facts of history ...", flush=True)
+    started = time.perf_counter()
+    with psycopg.connect(target.url) as conn:
+        bulk.preload(conn, args.history, 30.0, random.Random(42))
+    load_s = time.perf_counter() - started
+    state["expected_items"] += args.history  # ledger rows with their facts: counted by the verification
+    runs = []
+    for rep in range(args.reps):
+        result = run_batch(port, 1000, args.clients, args.duration, state, meter)
+        runs.append(result)
+        print(f"rep {rep + 1}/{args.reps} batch1000 with history {result['events_per_s']:>10,.0f} events/s", flush=True)
+    if not empty_runs:  # batch1000 was not among the scenarios: measure nothing to compare with
+        raise SystemExit("--history needs the batch1000 scenario (its empty-database rate)")
+    empty = median_of(empty_runs, "events_per_s")
+    rate = median_of(runs, "events_per_s")
+    return {
+        "facts": args.history,
+        "load_s": round(load_s, 1),
+        "runs": runs,
+        "events_per_s": rate,
+        "empty_events_per_s": empty,
+        "ratio": rate / empty,
+    }
 
 
 def start_profile(args: argparse.Namespace, name: str, srv: dict[str, Any]) -> tuple[subprocess.Popen, Path]:

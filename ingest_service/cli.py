@@ -59,11 +59,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     settings = _settings()
     target = resolve_target(settings)
-    migrate.upgrade(target)
+    created = migrate.upgrade(target, settings.retention_days)
     print(f"migrated {target.parts['dbname']} to {migrate.current_revision(target)}")
-    from ingest_service.lifecycle.commands import ensure_partitions
-
-    print(f"partitions: {len(ensure_partitions(target, settings))} created ahead")
+    print(f"day partitions: {len(created)} created")
     if settings.ingest_buffer == "jetstream":
         from ingest_service.buffer.stream import ensure_stream_sync
 

@@ -52,7 +52,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     target = resolve_target(settings)
     os.environ["DATABASE_URL"] = target.url  # workers resolve the same server without starting another
     if not args.no_migrate:
-        migrate.upgrade(target)
+        migrate.upgrade(target, settings.retention_days)
         if settings.ingest_buffer == "jetstream":
             from ingest_service.buffer.stream import ensure_stream_sync
 
@@ -256,7 +256,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     settings = _dev_settings()
     pg_was_running = (embedded_data_dir(settings) / "postmaster.pid").exists()
     target = resolve_target(settings)
-    migrate.upgrade(target)
+    migrate.upgrade(target, settings.retention_days)
     # With NATS_URL, the API buffers requests in JetStream and a writer stores them (docs/scaling.md).
     buffered = {"INGEST_BUFFER": "jetstream"} if settings.nats_url else None
     if buffered:

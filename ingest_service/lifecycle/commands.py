@@ -11,12 +11,6 @@ from ingest_service.core.database import DatabaseTarget
 from ingest_service.lifecycle import archive, partitions
 
 
-def ensure_partitions(target: DatabaseTarget, settings: Settings) -> list[str]:
-    """The day partitions from DAYS_BEHIND back to DAYS_AHEAD ahead (run by `migrate` and daily by Dagster)."""
-    with psycopg.connect(target.url, autocommit=True) as conn:
-        return partitions.ensure_ahead(conn, settings.retention_days)
-
-
 def run_archive(target: DatabaseTarget, settings: Settings, on: date | None = None) -> list[archive.DayResult]:
     with psycopg.connect(target.url, autocommit=True) as conn:
         return archive.archive(conn, settings.resolved_archive_url, settings.retention_days, on)

@@ -508,7 +508,7 @@ def cmd_mqtt(args: argparse.Namespace) -> int:
         return 2
     target = resolve_target(settings)
     if not args.no_migrate:
-        migrate.upgrade(target)
+        migrate.upgrade(target, settings.retention_days)
     filters = ", ".join(Topics(settings.mqtt_topic_prefix).filters(settings.mqtt_shared_group or None))
     print(
         f"iot-platform mqtt: {broker} as {settings.mqtt_client_id}, {filters} -> {target.parts['dbname']}", flush=True
