@@ -69,14 +69,18 @@ def test_every_ingest_table_is_partitioned_by_day(db: psycopg.Connection) -> Non
             assert f"{table}_p{(today + timedelta(days=ahead)):%Y%m%d}" in names
 
 
-def test_ensure_creates_the_window_once(db: psycopg.Connection) -> None:
-    created = partitions.ensure_ahead(db, retention_days=None)
+def test_migrate_creates_the_window_and_ensure_only_what_is_missing(db: psycopg.Connection) -> None:
     first, last = partitions.window(None)
-    assert f"processed_record_p{first:%Y%m%d}" in created
-    assert f"raw_record_p{last:%Y%m%d}" in created or f"raw_record_p{last:%Y%m%d}" in {
-        p.name for p in partitions.list_partitions(db)
-    }
+    names = {p.name for p in partitions.list_partitions(db)}
+    day = first
+    while day <= last:
+        assert {f"{t}_p{day:%Y%m%d}" for t in TABLES} <= names
+        day += timedelta(days=1)
     assert partitions.ensure_ahead(db, retention_days=None) == []
+    created = partitions.ensure(db, first - timedelta(days=1), last + timedelta(days=1))
+    assert sorted(created) == sorted(
+        f"{t}_p{d:%Y%m%d}" for t in TABLES for d in (first - timedelta(days=1), last + timedelta(days=1))
+    )
     # Never a day the archive would drop again.
     assert partitions.window(3)[0] == partitions.today() - timedelta(days=3)
 
@@ -85,8 +89,9 @@ def test_replay_of_last_months_event_is_a_duplicate_across_partitions(
     fresh_db: DatabaseTarget, db: psycopg.Connection
 ) -> None:
     """uq_processed_event includes the partition key (record_time): the replay meets the original."""
-    partitions.ensure_ahead(db, retention_days=None)
     old = time.time() - 29 * DAY
+    old_day = datetime.fromtimestamp(old, UTC).date()
+    partitions.ensure(db, old_day, old_day)
     event = telemetry(device_id=7, value=42, timestamp=old)
     (first,) = store(fresh_db.url, [event], "first")
     assert first.status == "ok"
@@ -96,7 +101,6 @@ def test_replay_of_last_months_event_is_a_duplicate_across_partitions(
     assert again.status == "duplicate" and again.processed_id == first.processed_id
     assert [r.status for r in batch] == ["ok", "duplicate", "duplicate"]
     assert batch[1].processed_id == first.processed_id
-    old_day = datetime.fromtimestamp(old, UTC).date()
     today = partitions.today()
     assert partition_of(db, "processed_record", f"id = {first.processed_id}") == (
         f"ingest.processed_record_p{old_day:%Y%m%d}"
