@@ -757,7 +757,9 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
         h = report["history"]
         print(
             f"history: batches of 1,000 with {h['facts']:,} facts stored {h['events_per_s']:,.0f} events/s, "
-            f"empty {h['empty_events_per_s']:,.0f} events/s: {h['ratio']:.0%} (target >= 80 %)"
+            f"empty {h['empty_events_per_s']:,.0f} events/s: {h['ratio']:.0%} (target >= 80 %); PostgreSQL CPU "
+            f"per event {h['empty_postgres_us_per_event']:.1f} -> {h['postgres_us_per_event']:.1f} us, API "
+            f"{h['empty_api_us_per_event']:.1f} -> {h['api_us_per_event']:.1f} us"
         )
     v = report["verification"]
     print(
@@ -804,6 +806,11 @@ def with_history(
         raise SystemExit("--history needs the batch1000 scenario (its empty-database rate)")
     empty = median_of(empty_runs, "events_per_s")
     rate = median_of(runs, "events_per_s")
+
+    def us_per_event(group: str, of: list[dict[str, Any]]) -> float:
+        # CPU per event: what history costs the database, apart from the machine's other tenants.
+        return statistics.median(_us_per_event(r["cpu"].get(group), r["events_per_s"]) or 0.0 for r in of)
+
     return {
         "facts": args.history,
         "load_s": round(load_s, 1),
@@ -811,6 +818,10 @@ def with_history(
         "events_per_s": rate,
         "empty_events_per_s": empty,
         "ratio": rate / empty,
+        "postgres_us_per_event": us_per_event("postgres", runs),
+        "empty_postgres_us_per_event": us_per_event("postgres", empty_runs),
+        "api_us_per_event": us_per_event("api", runs),
+        "empty_api_us_per_event": us_per_event("api", empty_runs),
     }
 
 

@@ -120,7 +120,11 @@ class Archive:
         if not self.fs.exists(path):
             raise ArchiveError(f"no archive of {day.isoformat()} at {self.url} (missing {MANIFEST})")
         with self.fs.open(path, "rb") as f:
-            return Manifest.from_json(f.read().decode())
+            text = f.read()
+        try:
+            return Manifest.from_json(text.decode())
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ArchiveError(f"{path}: not a manifest ({exc})") from exc
 
     def write_manifest(self, manifest: Manifest) -> None:
         with self.fs.open(self.path(date.fromisoformat(manifest.day), MANIFEST), "wb") as f:
