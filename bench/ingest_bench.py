@@ -51,7 +51,7 @@ from bench.batch_client import make_body
 from ingest_service.core import migrate
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.runner import default_workers
+from platform_cli.services import default_workers
 from tests.utils.ledger import ledger
 
 BENCH_DIR = Path(__file__).resolve().parent
