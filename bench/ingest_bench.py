@@ -36,7 +36,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -57,7 +56,8 @@ from bench.batch_client import make_body
 from ingest_service.core import migrate
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.runner import default_workers
+from platform_cli import processes
+from platform_cli.services import default_workers
 from tests.utils.ledger import ledger
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -186,26 +186,11 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+    processes.wait_ready(url, timeout, process=proc)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    processes.stop([proc], grace=30)
 
 
 # --------------------------------------------------------------------------------------------- #

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
-from orchestration.lib.launch import dagster_postgres_url, ensure_schema, prepare_dagster_home
+from orchestration.lib.instance import dagster_postgres_url, ensure_schema, prepare_dagster_home
 from tests.utils.processes import PROJECT_ROOT
 
 LEDGER_TEST = "assert_each_raw_record_has_exactly_one_outcome"

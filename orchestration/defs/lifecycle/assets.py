@@ -1,16 +1,24 @@
 """Data lifecycle (docs/lifecycle.md): the day partitions kept ahead, and the archive of old days.
 
-Both run in `lifecycle_daily_job`, never in the hourly analytics job. The work is
-ingest_service.lifecycle's; these assets run it against the platform's database and record it.
+Both run in `lifecycle_daily_job`, never in the hourly analytics job. The work is the platform's
+own commands (`iot-platform partitions`, `iot-platform archive`, from ingest_service/lifecycle/),
+run against the database of the `postgres` resource as dbt is run: orchestration/ imports
+nothing of the API's package. The default-partition check is plain SQL here.
 """
 
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote, urlencode
 
 import dagster as dg
-import psycopg
+from psycopg import sql
 
-from ingest_service.core.config import Settings
-from ingest_service.lifecycle import archive, partitions
 from orchestration.lib.postgres import PostgresResource
 
 GROUP = "lifecycle"
@@ -19,32 +27,50 @@ ARCHIVE_KEY = dg.AssetKey(["ingest", "archive"])
 DEFAULT_PARTITIONS_EMPTY = "ingest_default_partitions_empty"
 ARCHIVE_MANIFESTS_MATCH = "archive_manifests_match"
 
+# `python -m platform_cli`: this interpreter's, whatever PATH holds (as orchestration/lib/dbt/cli.py finds dbt).
+IOT_PLATFORM = [sys.executable, "-m", "platform_cli"]
 
-def lifecycle_settings() -> Settings:
-    """RETENTION_DAYS and ARCHIVE_URL as the API and `iot-platform archive` read them (environment, .env)."""
-    return Settings(dev_mode=True)
+DEFAULT_PARTITIONS = """
+select child.relname
+from pg_inherits as i
+join pg_class as parent on parent.oid = i.inhparent
+join pg_class as child on child.oid = i.inhrelid
+where parent.relnamespace = 'ingest'::regnamespace and pg_get_expr(child.relpartbound, child.oid) = 'DEFAULT'
+order by child.relname
+"""
 
 
-def _connect(postgres: PostgresResource) -> psycopg.Connection:
-    # Not the resource's read-only connection: these assets create, detach and drop partitions.
-    return psycopg.connect(postgres.conninfo, autocommit=True)
+class LifecycleFailed(Exception):
+    """An `iot-platform` lifecycle command failed: its message."""
+
+
+def database_url(postgres: PostgresResource) -> str:
+    """The resource's database as the DATABASE_URL the platform's commands read (host may be a socket folder)."""
+    auth = quote(postgres.user, safe="") + (":" + quote(postgres.password, safe="") if postgres.password else "")
+    query = urlencode({"host": postgres.host, "port": postgres.port})
+    return f"postgresql://{auth}@/{quote(postgres.dbname, safe='')}?{query}"
+
+
+def run_command(postgres: PostgresResource, *args: str) -> dict[str, Any]:
+    """`iot-platform <args> --json` on the resource's database (RETENTION_DAYS, ARCHIVE_URL from the environment)."""
+    env = {**os.environ, "DATABASE_URL": database_url(postgres)}
+    result = subprocess.run([*IOT_PLATFORM, *args, "--json"], capture_output=True, text=True, env=env, check=False)
+    if result.returncode != 0:
+        raise LifecycleFailed(f"iot-platform {' '.join(args)}: {result.stderr.strip() or result.stdout.strip()}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 @dg.asset(key=PARTITIONS_KEY, group_name=GROUP, owners=["team:ingest"], kinds={"python", "postgres"})
 def day_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
-    """The day partitions of the ledger, facts and outcomes, from DAYS_BEHIND back to DAYS_AHEAD ahead
-    (created when missing, never for a day the archive would drop)."""
-    settings = lifecycle_settings()
-    first, last = partitions.window(settings.retention_days)
-    with _connect(postgres) as conn:
-        created = partitions.ensure(conn, first, last)
-        count = len(partitions.list_partitions(conn))
+    """The day partitions of the ledger, facts and outcomes from a week back to a week ahead, created
+    when missing (`iot-platform partitions`), never for a day the archive would drop."""
+    out = run_command(postgres, "partitions")
     return dg.MaterializeResult(
         metadata={
-            "created": dg.MetadataValue.int(len(created)),
-            "created_names": ", ".join(created) or "none",
-            "window": f"{first.isoformat()} .. {last.isoformat()}",
-            "partitions": dg.MetadataValue.int(count),
+            "created": dg.MetadataValue.int(len(out["created"])),
+            "created_names": ", ".join(out["created"]) or "none",
+            "window": " .. ".join(out["window"]),
+            "partitions": dg.MetadataValue.int(out["partitions"]),
         }
     )
 
@@ -59,8 +85,13 @@ def day_partitions(postgres: PostgresResource) -> dg.MaterializeResult:
     ),
 )
 def default_partitions_empty(postgres: PostgresResource) -> dg.AssetCheckResult:
-    with _connect(postgres) as conn:
-        counts = partitions.default_partition_rows(conn)
+    counts: dict[str, int] = {}
+    with postgres.connect() as conn:
+        for row in conn.execute(DEFAULT_PARTITIONS).fetchall():
+            name = row["relname"]
+            count = conn.execute(sql.SQL("select count(*) as n from ingest.{}").format(sql.Identifier(name))).fetchone()
+            assert count is not None
+            counts[name] = int(count["n"])
     holding = {name: rows for name, rows in counts.items() if rows}
     return dg.AssetCheckResult(
         passed=not holding,
@@ -82,27 +113,28 @@ def ingest_archive(postgres: PostgresResource) -> Iterator[dg.MaterializeResult 
     """Day partitions older than RETENTION_DAYS written to Parquet under ARCHIVE_URL with a manifest,
     verified, then detached and dropped (`iot-platform archive`). RETENTION_DAYS unset: nothing.
 
-    The check reads each archived day's files back once more, apart from the archive's own
-    verification, against their manifest (bytes, rows, id range, row hash)."""
-    settings = lifecycle_settings()
-    with _connect(postgres) as conn:
-        results = archive.archive(conn, settings.resolved_archive_url, settings.retention_days)
+    The check reads each day archived in the run back once more, apart from the archive's own
+    verification, against its manifest (`iot-platform archive --verify DAY`)."""
+    out = run_command(postgres, "archive")
+    retention = out.get("retention_days")
     yield dg.MaterializeResult(
         metadata={
-            "retention_days": settings.retention_days if settings.retention_days is not None else "unset (keep all)",
-            "archive_url": settings.resolved_archive_url,
-            "days_archived": dg.MetadataValue.int(len(results)),
-            "days": ", ".join(r.day.isoformat() for r in results) or "none",
-            "rows_archived": dg.MetadataValue.int(sum(f.rows for r in results for f in r.files)),
+            "retention_days": retention if retention is not None else "unset (keep all)",
+            "archive_url": out["archive_url"],
+            "days_archived": dg.MetadataValue.int(len(out["days"])),
+            "days": ", ".join(out["days"]) or "none",
+            "rows_archived": dg.MetadataValue.int(out.get("rows", 0)),
         }
     )
+    if not out["days"]:
+        yield dg.AssetCheckResult(check_name=ARCHIVE_MANIFESTS_MATCH, passed=True, metadata={"days_verified": 0})
+        return
+    verify_args = [arg for day in out["days"] for arg in ("--verify", day)]
     try:
-        manifests = archive.verify_archive(settings.resolved_archive_url, [r.day for r in results])
-    except archive.ArchiveError as exc:
+        verified = run_command(postgres, "archive", *verify_args)["verified"]
+    except LifecycleFailed as exc:
         yield dg.AssetCheckResult(check_name=ARCHIVE_MANIFESTS_MATCH, passed=False, description=str(exc))
         return
     yield dg.AssetCheckResult(
-        check_name=ARCHIVE_MANIFESTS_MATCH,
-        passed=True,
-        metadata={"days_verified": dg.MetadataValue.int(len(manifests))},
+        check_name=ARCHIVE_MANIFESTS_MATCH, passed=True, metadata={"days_verified": dg.MetadataValue.int(len(verified))}
     )
