@@ -2,7 +2,7 @@
 
 - `main.py`: the click group and the list of subcommands (`COMMANDS`), exit statuses.
 - `database.py` (db, migrate, dbt), `services.py` (serve, writer, mqtt, publish), `up.py` (up: the
-  supervisor), `dagster.py` (Dagster beside `up`).
+  supervisor), `dagster.py` (Dagster beside `up`), `lifecycle.py` (partitions, archive, restore).
 - `processes.py`: the one process helper (start, stop, wait until ready, `up`'s supervised set);
   tests and benchmarks start the platform's processes through it too.
 
