@@ -3,19 +3,24 @@ import os
 import dagster as dg
 
 from orchestration.defs.dbt.assets import DbtConfig
+from orchestration.defs.lifecycle.assets import GROUP as LIFECYCLE_GROUP
 
 # Minute 5 of every hour by default: the last hour's facts have landed.
 ANALYTICS_HOURLY_CRON = os.getenv("ANALYTICS_HOURLY_CRON", "5 * * * *")
 # Once a day, off the hour (the hourly run at minute 5 is done by then on a quiet night).
 ANALYTICS_DAILY_CRON = os.getenv("ANALYTICS_DAILY_CRON", "35 2 * * *")
 
+# Everything but the data lifecycle (its own daily job, orchestration/defs/lifecycle): seeds,
+# staging, intermediate, marts, the key figures, every dbt test (source tests included) and the
+# Python checks.
 EVERYTHING = dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks()
+ANALYTICS = EVERYTHING - dg.AssetSelection.groups(LIFECYCLE_GROUP)
 
 # One process, one dbt invocation: the step-worker processes of the multiprocess executor cost
 # about 5 s each, more than most steps' work.
 analytics_hourly_job = dg.define_asset_job(
     name="analytics_hourly_job",
-    selection=EVERYTHING,
+    selection=ANALYTICS,
     executor_def=dg.in_process_executor,
     description=(
         "One incremental `dbt build` (the marts' changed days, every dbt test over the changed window), "
@@ -25,7 +30,7 @@ analytics_hourly_job = dg.define_asset_job(
 
 analytics_daily_job = dg.define_asset_job(
     name="analytics_daily_job",
-    selection=EVERYTHING,
+    selection=ANALYTICS,
     executor_def=dg.in_process_executor,
     config=dg.RunConfig(ops={"dbt_models": DbtConfig(full_refresh=True)}),
     description=(
