@@ -140,7 +140,7 @@ def test_concurrent_duplicates_across_two_workers_store_once(fresh_db: DatabaseT
     body = orjson.dumps([telemetry(device_id=13, value=v, timestamp=time.time() - 10) for v in range(50)])
 
     def post(url: str, key: str) -> httpx.Response:
-        with httpx.Client(base_url=url) as one_shot:  # a new connection: either worker may take it
+        with httpx.Client(base_url=url, timeout=60) as one_shot:  # a new connection: either worker may take it
             return one_shot.post("/ingest", content=body, headers={"Idempotency-Key": key})
 
     with running_api(fresh_db, SECRET, workers=2) as url, ThreadPoolExecutor(12) as pool:
