@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import warnings
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -76,6 +77,43 @@ def cmd_dbt(args: argparse.Namespace) -> int:
     return subprocess.call([str(dbt), *args.dbt_args], cwd=DBT_PROJECT_DIR, env=env)
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay ledger rows whose current outcome is an error (ingest_service/lifecycle/replay.py)."""
+    import getpass
+
+    from ingest_service.lifecycle import replay
+
+    settings = _settings()
+    selection = replay.Selection(
+        reasons=tuple(args.reason),
+        since=args.since,
+        until=args.until,
+        device_ids=tuple(args.device),
+        event_types=tuple(args.event_type),
+    )
+    try:
+        result = replay.run(
+            resolve_target(settings).url,
+            settings,
+            selection,
+            requested_by=f"{getpass.getuser()} (iot-platform replay)",
+            dry_run=args.dry_run,
+            batch_size=args.batch_size,
+            resume=args.resume,
+        )
+    except replay.ReplayError as exc:
+        print(f"iot-platform replay: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(replay.summary(result)))
+    return 0
+
+
+def _timestamp(value: str) -> datetime:
+    """An ISO 8601 time; without an offset, UTC."""
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iot-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -94,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     dbt = sub.add_parser("dbt", help="run dbt from dbt_project/ against the configured database", add_help=False)
     dbt.add_argument("dbt_args", nargs=argparse.REMAINDER)
     dbt.set_defaults(func=cmd_dbt)
+
+    rep = sub.add_parser(
+        "replay",
+        help="decide ledger rows whose current outcome is an error again, with today's record types; "
+        "their errors are superseded, never rewritten",
+    )
+    rep.add_argument("--reason", action="append", default=[], help="current error reason (repeatable)")
+    rep.add_argument("--since", type=_timestamp, help="received at or after this time (ISO 8601, UTC by default)")
+    rep.add_argument("--until", type=_timestamp, help="received before this time")
+    rep.add_argument("--device", type=int, action="append", default=[], help="device id (repeatable)")
+    rep.add_argument("--event-type", action="append", default=[], help="event_type the row named (repeatable)")
+    rep.add_argument("--dry-run", action="store_true", help="print what would change, by reason; write nothing")
+    rep.add_argument("--batch-size", type=int, default=1000, help="rows per batch (one transaction each)")
+    rep.add_argument("--resume", type=int, metavar="RUN_ID", help="resume an interrupted replay run")
+    rep.set_defaults(func=cmd_replay)
 
     _add_service_commands(sub)
     return parser
