@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -292,7 +291,7 @@ def test_the_ledger_check_fails_on_a_fact_beside_a_current_error(client: TestCli
 def test_replay_beside_live_ingest_loses_and_doubles_nothing(fresh_db: DatabaseTarget) -> None:
     """A real API process ingests batches (new rows, some repeating the replayed events) while a
     replay runs: every raw row keeps exactly one current outcome, and every event is one fact."""
-    with psycopg.connect(fresh_db.url, autocommit=True) as db, running_api(fresh_db, SECRET) as base:
+    with psycopg.connect(fresh_db.url, autocommit=True) as db, running_api(fresh_db, SECRET, RECORD_TYPE_REFRESH_SECONDS="0") as base:
         with httpx.Client(base_url=base, timeout=30) as http:
             for start in range(0, 2000, 500):  # 2,000 rejected rows to replay
                 events = [telemetry(10 + i % 20, NEW_TYPE, 1.0, T0 + start + i) for i in range(500)]
@@ -312,8 +311,7 @@ def test_replay_beside_live_ingest_loses_and_doubles_nothing(fresh_db: DatabaseT
             thread = threading.Thread(target=live)
             thread.start()
             try:
-                time.sleep(0.3)
-                result = run_on(db, replay.Selection(), batch_size=100)
+                result = run_on(db, replay.Selection(), batch_size=20)
             finally:
                 stop.set()
                 thread.join(60)
