@@ -73,7 +73,8 @@ def counts(db: psycopg.Connection) -> dict[str, int]:
                   (select count(*) from ingest.replay_error), (select count(*) from ingest.outcome_supersession)"""
     ).fetchone()
     assert row is not None
-    return dict(zip(["raw", "facts", "duplicates", "ingest_errors", "replay_errors", "supersessions"], row))
+    names = ["raw", "facts", "duplicates", "ingest_errors", "replay_errors", "supersessions"]
+    return dict(zip(names, row, strict=True))
 
 
 def current_reasons(db: psycopg.Connection) -> dict[str, int]:
@@ -152,10 +153,11 @@ def test_still_failing_rows_keep_an_error_whose_reason_may_change(client: TestCl
         "select superseded_replay_run_id, replay_run_id, superseded_reason, outcome from ingest.outcome_supersession"
         " order by raw_record_id, replay_run_id"
     ).fetchall()
-    assert history == [
+    steps = [
         (None, first.run_id, "unknown_event_type", "error"),
         (first.run_id, second.run_id, "value_out_of_range", "fact"),
-    ] * 2
+    ]
+    assert history == steps * 2
     assert_one_outcome_per_raw_row(db)
 
 
@@ -291,7 +293,8 @@ def test_the_ledger_check_fails_on_a_fact_beside_a_current_error(client: TestCli
 def test_replay_beside_live_ingest_loses_and_doubles_nothing(fresh_db: DatabaseTarget) -> None:
     """A real API process ingests batches (new rows, some repeating the replayed events) while a
     replay runs: every raw row keeps exactly one current outcome, and every event is one fact."""
-    with psycopg.connect(fresh_db.url, autocommit=True) as db, running_api(fresh_db, SECRET, RECORD_TYPE_REFRESH_SECONDS="0") as base:
+    api = running_api(fresh_db, SECRET, RECORD_TYPE_REFRESH_SECONDS="0")  # a type inserted is known at once
+    with psycopg.connect(fresh_db.url, autocommit=True) as db, api as base:
         with httpx.Client(base_url=base, timeout=30) as http:
             for start in range(0, 2000, 500):  # 2,000 rejected rows to replay
                 events = [telemetry(10 + i % 20, NEW_TYPE, 1.0, T0 + start + i) for i in range(500)]

@@ -73,7 +73,8 @@ def test_the_replay_job_writes_facts_and_rebuilds_the_marts(dagster_env: Databas
         parsed = conn.execute("select outcome, count(*) from analytics.ingest_parse group by 1").fetchall()
         assert parsed == [("processed", 20)]
         history = conn.execute(
-            "select reason, superseded_by_outcome, count(*) from analytics_staging.int_superseded_outcomes group by 1, 2"
+            "select reason, superseded_by_outcome, count(*)"
+            " from analytics_staging.int_superseded_outcomes group by 1, 2"
         ).fetchall()
         assert history == [("unknown_event_type", "fact", 20)]
     # Nothing left to replay: the second run changes nothing and rebuilds nothing.

@@ -10,7 +10,6 @@ are ingested now (`ingested_at`), so its watermark takes their hours.
 The run's database login writes the replay: it needs the `iot_ingest` group's grants (docs/security.md).
 """
 
-
 from datetime import datetime
 from typing import Any
 
