@@ -1,10 +1,22 @@
 -- The history a replay leaves: every error that is no longer its raw row's current outcome, with
--- the run that superseded it and what replaced it. ingest_parse shows the current outcomes only.
+-- its detail, the run that superseded it and what replaced it. ingest_parse shows current outcomes.
 with
 
 supersessions as (
 
     select * from {{ ref('stg_ingest__outcome_supersessions') }}
+
+),
+
+live_errors as (
+
+    select * from {{ ref('stg_ingest__ingest_error_rows') }}
+
+),
+
+replay_errors as (
+
+    select * from {{ ref('stg_ingest__replay_errors') }}
 
 ),
 
@@ -26,6 +38,9 @@ superseded as (
         supersessions.raw_record_id,
         raw_records.received_at,
         supersessions.superseded_reason as reason,
+        coalesce(live_errors.detail, replay_errors.detail) as detail,
+        coalesce(live_errors.event_type, replay_errors.event_type) as event_type,
+        coalesce(live_errors.device_id, replay_errors.device_id) as device_id,
         supersessions.superseded_replay_run_id,
         supersessions.replay_run_id as superseded_by_replay_run_id,
         supersessions.superseded_by_outcome,
@@ -37,6 +52,14 @@ superseded as (
         on supersessions.raw_record_id = raw_records.raw_record_id
     inner join replay_runs
         on supersessions.replay_run_id = replay_runs.replay_run_id
+    left join live_errors
+        on
+            supersessions.superseded_replay_run_id is null
+            and supersessions.raw_record_id = live_errors.raw_record_id
+    left join replay_errors
+        on
+            supersessions.raw_record_id = replay_errors.raw_record_id
+            and supersessions.superseded_replay_run_id = replay_errors.replay_run_id
 
 )
 
