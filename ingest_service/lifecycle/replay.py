@@ -59,6 +59,9 @@ DEFAULT_BATCH_SIZE = 1000
 # One replay at a time (pg_try_advisory_lock, held by the run's session).
 REPLAY_LOCK = (0x5250, 0x4C59)
 BATCH_ATTEMPTS = 3
+# The first window of raw ids a batch is read from, in batches; it doubles while windows are sparse.
+WINDOW_BATCHES = 4
+MAX_WINDOW = 1 << 24
 
 # What became of a row (the keys of Tally): fact, duplicate, error:<new reason>, unchanged, skipped.
 FACT, DUPLICATE, UNCHANGED, SKIPPED = "fact", "duplicate", "unchanged", "skipped"
@@ -283,15 +286,24 @@ async def replay(
         total = int(await _one_value(conn, _COUNT.format(where=where), params))
         tally = Tally()
         done = 0
-        while True:
-            where, params = selection.where(after, upto)
+        window = batch_size * WINDOW_BATCHES
+        while after < upto:
+            # A window of raw ids at a time: the current errors are a union of two anti-joins, which
+            # PostgreSQL reads whole before it sorts, so an open range would cost every batch all
+            # the rows left (quadratic over a run). A window that holds few rows grows.
+            high = min(upto, after + window)
+            where, params = selection.where(after, high)
             cur = await conn.execute(_BATCH.format(where=where), {**params, "limit": batch_size})
             rows = await cur.fetchall()
+            if len(rows) < batch_size:
+                after = high
+                if len(rows) < batch_size // 2:
+                    window = min(window * 2, MAX_WINDOW)
+            else:
+                after = rows[-1][0]
             if not rows:
-                break
-            batch = await _replay_batch(conn, writer, run_id, rows, dry_run)
-            tally.merge(batch)
-            after = rows[-1][0]
+                continue
+            tally.merge(await _replay_batch(conn, writer, run_id, rows, dry_run))
             done += len(rows)
             if progress is not None:
                 progress(Progress(done, total, time.monotonic() - started))

@@ -139,6 +139,7 @@ declare
     cur_raw bigint[];
     cur_reason text[];
     cur_run bigint[];
+    eligible_facts bigint;
 begin
     -- The rows of the batch whose current outcome is an error of another run: only those are
     -- written (a row this run already changed, e.g. before an interruption, is left alone).
@@ -156,45 +157,58 @@ begin
     end if;
 
     -- Facts, exactly as write_items writes them: one that repeats a stored fact is skipped here.
-    with facts as (
-        insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value)
-        select p_raw_ids[f.pos], f.device_id, f.type_id, to_timestamp(f.ts), f.value
+    -- (Joins on unnest, not `= any(array)`, which is quadratic in the batch.)
+    with eligible as (
+        select f.pos, f.device_id, f.type_id, f.ts, f.value
         from unnest(f_pos, f_device_id, f_type_id, f_ts, f_value) as f(pos, device_id, type_id, ts, value)
-        where p_raw_ids[f.pos] = any(cur_raw)
-        order by f.pos
+        join unnest(cur_raw) as c(raw_id) on c.raw_id = p_raw_ids[f.pos]
+    ),
+    facts as (
+        insert into ingest.processed_record (raw_record_id, device_id, record_type_id, record_time, value)
+        select p_raw_ids[pos], device_id, type_id, to_timestamp(ts), value
+        from eligible
+        order by pos
         on conflict do nothing
         returning id, raw_record_id
     )
-    select array_agg(raw_record_id), array_agg(id) into fact_raw_ids, fact_ids from facts;
+    select (select count(*) from eligible), (select array_agg(raw_record_id) from facts),
+           (select array_agg(id) from facts)
+    into eligible_facts, fact_raw_ids, fact_ids;
 
-    -- Repeats of a stored fact (live ingest's, a concurrent writer's, or one of this batch) are
-    -- duplicates; a new statement, so a new snapshot that sees them all.
-    with repeats as (
-        select p_raw_ids[f.pos] as raw_id, f.device_id, f.type_id, f.ts, f.value
-        from unnest(f_pos, f_device_id, f_type_id, f_ts, f_value) as f(pos, device_id, type_id, ts, value)
-        where p_raw_ids[f.pos] = any(cur_raw) and not (p_raw_ids[f.pos] = any(coalesce(fact_raw_ids, '{}')))
-    ),
-    duplicates as (
-        insert into ingest.raw_duplicate (raw_record_id, processed_record_id)
-        select r.raw_id, p.id
-        from repeats as r
-        join ingest.processed_record as p
-            on p.device_id = r.device_id
-            and p.record_type_id = r.type_id
-            and p.record_time = to_timestamp(r.ts)
-            and p.value = r.value
-        returning raw_record_id, processed_record_id
-    )
-    select array_agg(raw_record_id), array_agg(processed_record_id)
-    into duplicate_raw_ids, duplicate_fact_ids
-    from duplicates;
+    if coalesce(cardinality(fact_raw_ids), 0) < eligible_facts then
+        -- Repeats of a stored fact (live ingest's, a concurrent writer's, or one of this batch) are
+        -- duplicates; a new statement, so a new snapshot that sees them all.
+        with repeats as (
+            select p_raw_ids[f.pos] as raw_id, f.device_id, f.type_id, f.ts, f.value
+            from unnest(f_pos, f_device_id, f_type_id, f_ts, f_value) as f(pos, device_id, type_id, ts, value)
+            join unnest(cur_raw) as c(raw_id) on c.raw_id = p_raw_ids[f.pos]
+            left join unnest(fact_raw_ids) as stored(raw_id) on stored.raw_id = p_raw_ids[f.pos]
+            where stored.raw_id is null
+        ),
+        duplicates as (
+            insert into ingest.raw_duplicate (raw_record_id, processed_record_id)
+            select r.raw_id, p.id
+            from repeats as r
+            join ingest.processed_record as p
+                on p.device_id = r.device_id
+                and p.record_type_id = r.type_id
+                and p.record_time = to_timestamp(r.ts)
+                and p.value = r.value
+            returning raw_record_id, processed_record_id
+        )
+        select array_agg(raw_record_id), array_agg(processed_record_id)
+        into duplicate_raw_ids, duplicate_fact_ids
+        from duplicates;
 
-    -- Facts neither stored nor found (cannot happen while uq_processed_event holds) keep their error.
-    select array_agg(raw_id) into lost_raw_ids from (
-        select p_raw_ids[f.pos] as raw_id from unnest(f_pos) as f(pos) where p_raw_ids[f.pos] = any(cur_raw)
-        except
-        select unnest(coalesce(fact_raw_ids, '{}') || coalesce(duplicate_raw_ids, '{}'))
-    ) as lost;
+        -- Facts neither stored nor found (cannot happen while uq_processed_event holds) keep their error.
+        select array_agg(raw_id) into lost_raw_ids from (
+            select p_raw_ids[f.pos] as raw_id
+            from unnest(f_pos) as f(pos)
+            join unnest(cur_raw) as c(raw_id) on c.raw_id = p_raw_ids[f.pos]
+            except
+            select unnest(coalesce(fact_raw_ids, '{}') || coalesce(duplicate_raw_ids, '{}'))
+        ) as lost;
+    end if;
 
     -- Rows that still fail: a new error only when the reason changed (the same reason is no change).
     with changed as (
