@@ -10,7 +10,7 @@ import pytest
 from tests.utils.processes import PROJECT_ROOT
 
 
-@pytest.mark.parametrize("command", ["db", "migrate", "serve", "writer", "publish", "up", "mqtt"])
+@pytest.mark.parametrize("command", ["db", "migrate", "serve", "writer", "publish", "up", "mqtt", "replay"])
 def test_cli_subcommand_has_help(command: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "ingest_service.cli", command, "--help"],
