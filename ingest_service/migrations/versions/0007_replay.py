@@ -8,21 +8,27 @@
   superseded (an error of live ingest, or of an earlier run) and what replaced it (a fact, a
   duplicate or an error with another reason).
 - `ingest.current_ingest_error` (view): the errors that are a raw row's current outcome. THE rule
-  of "current": an `ingest_error` row is current unless a supersession names its raw row; a
-  `replay_error` row is current unless a later run superseded it. The API's answers from stored
+  of "current": a raw row's latest supersession decides; without one, its `ingest_error` is
+  current; with one whose outcome is an error, that run's `replay_error` is. Every replayed row has
+  an `ingest_error` (only errors are replayed), so the view is driven by `ingest_error` and looks
+  up each row's latest supersession by index (LATERAL ... LIMIT 1): a read of a window of raw ids
+  costs that window, whatever the size of the history (an anti-join the planner may hash would
+  cost every supersession row per read). The API's answers from stored
   results, dbt's staging model, the tests' ledger helper and the replay's own selection all read it.
 - `ingest.replay_items()`: the write of a replay: `write_items()` (0003) for rows whose ledger row
   exists already: no ledger row, facts and duplicates as live ingest writes them, errors only where
   the reason changed, and a supersession for each raw row it changed, in one statement.
+
+No foreign keys to `replay_run`: a run updates its own row after every batch (progress), and a
+key check per written row on that row made each batch slower than the last; dbt tests the link
+(`stg_ingest__outcome_supersessions.replay_run_id`).
 
 Why a supersession table instead of a flag on the outcome rows: every outcome table stays
 append-only (no UPDATE for anyone, as for the ledger), whether it is plain or partitioned, and the
 history of a raw row is the supersession rows in run order. Facts and duplicates are never
 superseded: only rows whose current outcome is an error are replayed.
 
-Additive: new tables, a view, a function and one index on `ingest_error` (reason, raw id), built
-without CONCURRENTLY (it holds writes to ingest_error while it builds: ~1 s per million errors);
-no existing table is otherwise altered. The foreign keys to
+Additive: new tables, a view and a function; no existing table is altered. The foreign keys to
 `raw_record (id)` are only added where `id` alone is unique there (a ledger partitioned by time
 has a composite key; the dbt and pytest ledger checks cover the link then).
 
@@ -59,7 +65,7 @@ comment on table ingest.replay_run is
 
 create table if not exists ingest.replay_error (
     raw_record_id bigint not null,
-    replay_run_id bigint not null references ingest.replay_run (id),
+    replay_run_id bigint not null,
     reason text not null,
     detail text not null,
     event_type text,
@@ -72,8 +78,8 @@ comment on table ingest.replay_error is
 
 create table if not exists ingest.outcome_supersession (
     raw_record_id bigint not null,
-    replay_run_id bigint not null references ingest.replay_run (id),
-    superseded_replay_run_id bigint references ingest.replay_run (id),
+    replay_run_id bigint not null,
+    superseded_replay_run_id bigint,
     superseded_reason text not null,
     outcome text not null check (outcome in ('fact', 'duplicate', 'error')),
     superseded_at timestamptz not null default now(),
@@ -82,25 +88,28 @@ create table if not exists ingest.outcome_supersession (
 comment on table ingest.outcome_supersession is
     'A replay superseded the raw row''s error (of live ingest when superseded_replay_run_id is null) by outcome.';
 create index if not exists ix_outcome_supersession_run on ingest.outcome_supersession (replay_run_id);
--- A replay by reason reads a window of raw ids at a time: without this index each window's read
--- scanned every error of that reason (the (reason, first_seen_at) index), quadratic over a run.
-create index if not exists ix_ingest_error_reason_raw on ingest.ingest_error (reason, raw_record_id);
 
 create or replace view ingest.current_ingest_error as
 select
-    e.raw_record_id, e.reason, e.detail, e.event_type, e.device_id, e.first_seen_at, e.last_seen_at,
-    null::bigint as replay_run_id
-from ingest.ingest_error as e
-where not exists (select from ingest.outcome_supersession as s where s.raw_record_id = e.raw_record_id)
-union all
-select
-    r.raw_record_id, r.reason, r.detail, r.event_type, r.device_id, r.first_seen_at, r.first_seen_at,
+    e.raw_record_id,
+    coalesce(r.reason, e.reason) as reason,
+    coalesce(r.detail, e.detail) as detail,
+    case when r.raw_record_id is null then e.event_type else r.event_type end as event_type,
+    case when r.raw_record_id is null then e.device_id else r.device_id end as device_id,
+    coalesce(r.first_seen_at, e.first_seen_at) as first_seen_at,
+    coalesce(r.first_seen_at, e.last_seen_at) as last_seen_at,
     r.replay_run_id
-from ingest.replay_error as r
-where not exists (
-    select from ingest.outcome_supersession as s
-    where s.raw_record_id = r.raw_record_id and s.replay_run_id > r.replay_run_id
-);
+from ingest.ingest_error as e
+left join lateral (
+    select s.replay_run_id, s.outcome
+    from ingest.outcome_supersession as s
+    where s.raw_record_id = e.raw_record_id
+    order by s.replay_run_id desc
+    limit 1
+) as latest on true
+left join ingest.replay_error as r
+    on latest.outcome = 'error' and r.raw_record_id = e.raw_record_id and r.replay_run_id = latest.replay_run_id
+where latest.replay_run_id is null or latest.outcome = 'error';
 comment on view ingest.current_ingest_error is
     'The errors that are their raw row''s current outcome (live ingest''s or a replay''s, not superseded).';
 """
