@@ -45,9 +45,11 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # wrk (Debian's package) is the load client for single events; installed here when missing.
+# Options through BENCH_ARGS, e.g. `make bench BENCH_ARGS="--history 10000000"` (batches of 1,000
+# again with 10 M facts stored: docs/lifecycle.md) or BENCH_ARGS=--quick.
 bench: install
 	@command -v wrk >/dev/null || apt-get install -y -qq wrk >/dev/null 2>&1 || sudo apt-get install -y -qq wrk || true
-	$(BIN)/python -m bench.ingest_bench
+	$(BIN)/python -m bench.ingest_bench $(BENCH_ARGS)
 
 # Buffered mode (NATS JetStream): 202 throughput next to direct mode and the ceilings, and the
 # writers' drain of a 1 M-event backlog. Starts its own nats-server (Debian's nats-server package).

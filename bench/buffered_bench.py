@@ -67,7 +67,7 @@ from bench.ingest_bench import (
 from ingest_service.buffer.stream import ensure_stream
 from ingest_service.core.config import PROJECT_ROOT, Settings
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.runner import default_workers
+from platform_cli.services import default_workers
 
 BUFFERED_DB = "iot_bench_buffered"
 SCENARIOS = ("copy", "batch1000", "single", "noop", "js1000", "js1", "buf_batch1000", "buf_single")

@@ -3,6 +3,7 @@
     make bench                                  # = python -m bench.ingest_bench
     python -m bench.ingest_bench --quick        # one short repetition of everything
     python -m bench.ingest_bench --soak 600     # 10 minutes of full load: the API's memory over time
+    python -m bench.ingest_bench --history 10000000   # then batches of 1,000 again with 10 M facts stored
 
 It starts its own PostgreSQL (a pgserver data folder under .data/bench-pg, never the dev data; or
 --server-url), creates fresh migrated databases, starts `iot-platform serve` and a no-op server of
@@ -17,6 +18,11 @@ the same stack on free ports, then per repetition measures:
 
 with the CPU of each process (API, PostgreSQL, load generator) and the API's RSS; verifies with
 SQL counts that nothing was lost or duplicated; prints the medians and writes JSON to bench/results/.
+
+With --history N, after the repetitions it COPYs N facts and their ledger rows spread over the last
+30 days into the API's database (scripts/bulk_load_facts.py, into their day partitions), then
+measures batches of 1,000 again against the same API: the rate with that history stored, as a
+ratio to the empty database's rate of the same run (issue 15: at least 80 % at 10 M).
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ import platform
 import re
 import resource
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -51,7 +56,8 @@ from bench.batch_client import make_body
 from ingest_service.core import migrate
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.runner import default_workers
+from platform_cli import processes
+from platform_cli.services import default_workers
 from tests.utils.ledger import ledger
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -180,26 +186,11 @@ def free_port() -> int:
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout:.0f} s")
+    processes.wait_ready(url, timeout, process=proc)
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    processes.stop([proc], grace=30)
 
 
 # --------------------------------------------------------------------------------------------- #
@@ -628,6 +619,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / ".data" / "bench-pg")
     p.add_argument("--keep-server", action="store_true", help="leave the benchmark's PostgreSQL running")
     p.add_argument("--out", type=Path, default=None, help="JSON result path (default bench/results/<time>.json)")
+    p.add_argument(
+        "--history",
+        type=int,
+        default=0,
+        help="then preload this many facts (with ledger rows) and measure batches of 1,000 again (default 0: no)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.reps, args.copy_batches = 4.0, 1, 100
@@ -718,6 +715,8 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
                         + f"  cpu {result['cpu']}",
                         flush=True,
                     )
+            if args.history:
+                report["history"] = with_history(args, api_db, port, state, meter, results.get("batch1000", []))
         replay = replay_first_batch(port, state)
         time.sleep(0.5)
         sampler.stop()
@@ -739,6 +738,14 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
             f"{s['rss_first_mb']:.0f} -> {s['rss_last_mb']:.0f} MB (max {s['rss_max_mb']:.0f} MB, "
             f"{s['rss_growth_mb_per_million_events']:+.2f} MB per million events)"
         )
+    if "history" in report:
+        h = report["history"]
+        print(
+            f"history: batches of 1,000 with {h['facts']:,} facts stored {h['events_per_s']:,.0f} events/s, "
+            f"empty {h['empty_events_per_s']:,.0f} events/s: {h['ratio']:.0%} (target >= 80 %); PostgreSQL CPU "
+            f"per event {h['empty_postgres_us_per_event']:.1f} -> {h['postgres_us_per_event']:.1f} us, API "
+            f"{h['empty_api_us_per_event']:.1f} -> {h['api_us_per_event']:.1f} us"
+        )
     v = report["verification"]
     print(
         f"verification: raw {v['raw_rows']:,} (answered {v['answered_items']:,}, in-flight allowance "
@@ -754,6 +761,53 @@ def _run(args: argparse.Namespace, db: BenchDatabase) -> int:
     out.write_text(json.dumps(report, indent=1, default=str))
     print(f"results: {out}")
     return 0 if v["ok"] else 1
+
+
+def with_history(
+    args: argparse.Namespace,
+    target: DatabaseTarget,
+    port: int,
+    state: TimeCursor,
+    meter: CpuMeter,
+    empty_runs: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Preload `args.history` facts, then batches of 1,000 again: the rate as a ratio to the empty one."""
+    import random
+
+    from scripts import bulk_load_facts as bulk
+
+    print(f"preloading {args.history:,} facts of history ...", flush=True)
+    started = time.perf_counter()
+    with psycopg.connect(target.url) as conn:
+        bulk.preload(conn, args.history, 30.0, random.Random(42))
+    load_s = time.perf_counter() - started
+    state["expected_items"] += args.history  # ledger rows with their facts: counted by the verification
+    runs = []
+    for rep in range(args.reps):
+        result = run_batch(port, 1000, args.clients, args.duration, state, meter)
+        runs.append(result)
+        print(f"rep {rep + 1}/{args.reps} batch1000 with history {result['events_per_s']:>10,.0f} events/s", flush=True)
+    if not empty_runs:  # batch1000 was not among the scenarios: measure nothing to compare with
+        raise SystemExit("--history needs the batch1000 scenario (its empty-database rate)")
+    empty = median_of(empty_runs, "events_per_s")
+    rate = median_of(runs, "events_per_s")
+
+    def us_per_event(group: str, of: list[dict[str, Any]]) -> float:
+        # CPU per event: what history costs the database, apart from the machine's other tenants.
+        return statistics.median(_us_per_event(r["cpu"].get(group), r["events_per_s"]) or 0.0 for r in of)
+
+    return {
+        "facts": args.history,
+        "load_s": round(load_s, 1),
+        "runs": runs,
+        "events_per_s": rate,
+        "empty_events_per_s": empty,
+        "ratio": rate / empty,
+        "postgres_us_per_event": us_per_event("postgres", runs),
+        "empty_postgres_us_per_event": us_per_event("postgres", empty_runs),
+        "api_us_per_event": us_per_event("api", runs),
+        "empty_api_us_per_event": us_per_event("api", empty_runs),
+    }
 
 
 def start_profile(args: argparse.Namespace, name: str, srv: dict[str, Any]) -> tuple[subprocess.Popen, Path]:

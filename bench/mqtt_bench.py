@@ -41,6 +41,7 @@ from bench.ingest_bench import BenchDatabase, CpuMeter, ProcGroup, machine_info,
 from bench.mosquitto import OwnedMosquitto
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
+from platform_cli.processes import iot_platform
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -110,7 +111,7 @@ class Consumer:
             ]  # fmt: skip
         if self.kind == "noop":
             return [PYTHON, "-m", "bench.mqtt_noop", "--count", str(count)]
-        return [PYTHON, "-m", "ingest_service.cli", "mqtt", "--no-migrate"]
+        return iot_platform("mqtt", "--no-migrate")
 
     def start(self, count: int) -> None:
         out = self.out_path.open("ab")

@@ -32,6 +32,7 @@ from psycopg import sql
 from ingest_service.core import migrate
 from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget, resolve_target
+from ingest_service.lifecycle import partitions
 
 PROVISIONED_ID_BASE = 2**31
 TYPE_TICKS, TYPE_MM, TYPE_BATTERY, TYPE_HEIGHT = 1, 2, 3, 4
@@ -167,6 +168,15 @@ def load(
     conn.commit()
 
 
+def ensure_days(conn: psycopg.Connection, start: float, end: float) -> None:
+    """The day partitions of [start, end] (record and arrival times), so no row lands in a default partition."""
+    first = datetime.fromtimestamp(start, UTC).date()
+    last = max(datetime.fromtimestamp(end + 6 * 3600, UTC).date(), datetime.now(UTC).date())
+    conn.commit()
+    partitions.ensure(conn, first, last)
+    conn.commit()
+
+
 def drop_secondary_structures(conn: psycopg.Connection) -> list[str]:
     """Drop the facts' and ledger's secondary indexes and foreign keys; return the DDL to restore them.
 
@@ -189,7 +199,8 @@ def drop_secondary_structures(conn: psycopg.Connection) -> list[str]:
             (table,),
         ).fetchall():
             conn.execute(f"drop index ingest.{name}")
-            restore.insert(0, ddl)
+            # A partitioned table's index reads `ON ONLY <parent>`, which would build no partition's index.
+            restore.insert(0, ddl.replace(" ON ONLY ", " ON "))
     conn.commit()
     return restore
 
@@ -215,6 +226,35 @@ def insert_devices(conn: psycopg.Connection, devices: list[Device], start: float
                 )
             )
     conn.commit()
+
+
+def preload(
+    conn: psycopg.Connection,
+    facts: int,
+    days: float,
+    rng: random.Random,
+    n_devices: int | None = None,
+    *,
+    fast: bool = False,
+) -> int:
+    """A history of `facts` facts over `days` ending an hour ago, into a database without one; the devices' count."""
+    end = time.time() - 3600
+    start = end - days * 86400
+    n_devices = n_devices or max(50, facts // 5000)
+    devices = _devices(rng, n_devices, start, end)
+    ensure_days(conn, start, end)
+    insert_devices(conn, devices, start, end)
+    restore = drop_secondary_structures(conn) if fast else []
+    load(conn, devices, facts, start, end, rng)
+    for ddl in restore:
+        print(f"  {ddl[:100]}", file=sys.stderr, flush=True)
+        conn.execute(ddl)
+    conn.commit()
+    conn.execute("analyze ingest.raw_record")
+    conn.execute("analyze ingest.processed_record")
+    conn.execute("analyze ingest.device")
+    conn.commit()
+    return n_devices
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,24 +301,11 @@ def main(argv: list[str] | None = None) -> int:
             ).fetchall()
             devices = [Device(int(i), "new" if on_mm else "legacy", 0.0, rng.paretovariate(1.5)) for i, on_mm in kinds]
             hour_facts = args.hour_facts or max(1, round(count / ((last - first) / 3600)))
+            ensure_days(conn, last + 1, last + 3600)
             load(conn, devices, hour_facts, last + 1, last + 3600, rng, ingest_now=time.time())
             print(f"appended {hour_facts:,} facts (one hour) to {args.database}")
         else:
-            end = time.time() - 3600
-            start = end - args.days * 86400
-            n_devices = args.devices or max(50, args.facts // 5000)
-            devices = _devices(rng, n_devices, start, end)
-            insert_devices(conn, devices, start, end)
-            restore = drop_secondary_structures(conn) if args.fast else []
-            load(conn, devices, args.facts, start, end, rng)
-            for ddl in restore:
-                print(f"  {ddl[:100]}", file=sys.stderr, flush=True)
-                conn.execute(ddl)
-            conn.commit()
-            conn.execute("analyze ingest.raw_record")
-            conn.execute("analyze ingest.processed_record")
-            conn.execute("analyze ingest.device")
-            conn.commit()
+            n_devices = preload(conn, args.facts, args.days, rng, args.devices, fast=args.fast)
             print(f"loaded {args.facts:,} facts for {n_devices:,} devices into {args.database}")
     print(f"took {time.perf_counter() - started:.1f}s")
     return 0

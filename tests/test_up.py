@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import psutil
 import pytest
 
 from ingest_service.core.database import DatabaseTarget
+from platform_cli.processes import iot_platform
 from tests.utils.processes import PROJECT_ROOT, free_port
 
 FIRST_EVENT = re.compile(r"first event +stored ([\d.]+) s after `make up`")
@@ -30,8 +30,8 @@ FIRST_BUILD = re.compile(r"first dbt build finished ([\d.]+) s after `make up` \
 def test_up_reports_the_first_event_and_the_first_dbt_build(fresh_db: DatabaseTarget, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "DBT_", "DAGSTER_"))}
     env.update(DATABASE_URL=fresh_db.url, DATA_DIR=str(tmp_path), DEV_MODE="1", UP_STARTED_AT=str(time.time()))
-    command = [sys.executable, "-m", "ingest_service.cli", "up", "--port", str(free_port()),
-               "--dagster-port", str(free_port()), "--devices", "5", "--rate", "50"]  # fmt: skip
+    ports = ["--port", str(free_port()), "--dagster-port", str(free_port())]
+    command = iot_platform("up", *ports, "--devices", "5", "--rate", "50")
     up = subprocess.Popen(
         command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         start_new_session=True,

@@ -142,6 +142,18 @@ class Settings(BaseSettings):
     mqtt_session_expiry_seconds: int = 7 * 24 * 3600
     mqtt_keepalive_seconds: int = 30
 
+    # Data lifecycle (docs/lifecycle.md): `iot-platform archive` writes the day partitions of the ledger,
+    # facts and outcomes older than this many days to Parquet under ARCHIVE_URL, verifies them and
+    # drops them. Unset: keep everything (archive does nothing).
+    retention_days: int | None = Field(default=None, ge=1)
+    # A folder or any fsspec URL (s3://bucket/prefix needs s3fs and its credentials); unset:
+    # DATA_DIR/archive.
+    archive_url: str | None = None
+
+    @property
+    def resolved_archive_url(self) -> str:
+        return self.archive_url or str(self.data_dir / "archive")
+
     @model_validator(mode="after")
     def _refuse_weak_secret(self) -> Self:
         if not self.dev_mode:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import psycopg
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -22,9 +23,15 @@ def alembic_config(target: DatabaseTarget) -> Config:
     return config
 
 
-def upgrade(target: DatabaseTarget) -> None:
+def upgrade(target: DatabaseTarget, retention_days: int | None = None) -> list[str]:
+    """Migrate to the head revision, then create the day partitions of the window ahead (and behind)
+    that are missing (ingest_service/lifecycle/partitions.py); their names."""
+    from ingest_service.lifecycle import partitions
+
     ensure_database(target)
     command.upgrade(alembic_config(target), "head")
+    with psycopg.connect(target.url, autocommit=True) as conn:
+        return partitions.ensure_ahead(conn, retention_days)
 
 
 def head_revision() -> str | None:

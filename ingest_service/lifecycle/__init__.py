@@ -1,1 +1,2 @@
-"""The data lifecycle of the ledger: replay (and, beside it, partitions and archives)."""
+"""Data lifecycle of the ledger: day partitions created ahead (partitions.py), archive then retain, restore
+(archive.py), replay of rows whose current outcome is an error (replay.py)."""

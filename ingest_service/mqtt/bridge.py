@@ -1,4 +1,4 @@
-"""`iot-platform mqtt`: the bridge between the broker and the write path.
+"""The MQTT bridge between the broker and the write path (`iot-platform mqtt` runs it: platform_cli/services.py).
 
 Nothing the bridge acknowledged is lost:
 - a persistent MQTT 5 session (clean start off, a fixed client id, a session expiry), so the broker
@@ -21,13 +21,11 @@ path's group commit shares the loop.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import signal
 import ssl
-import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -489,43 +487,3 @@ async def serve(settings: Settings, database_url: str) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with open_door(settings, database_url) as door:
         await Bridge(settings, door).run(stop)
-
-
-def cmd_mqtt(args: argparse.Namespace) -> int:
-    from ingest_service.core import migrate
-    from ingest_service.core.database import resolve_target
-    from ingest_service.core.logging import configure_json_logging
-
-    settings = Settings()
-    configure_json_logging(settings.log_level)
-    if not settings.mqtt_url:
-        print("iot-platform mqtt: set MQTT_URL (e.g. mqtt://bridge:password@127.0.0.1:1883)", file=sys.stderr)
-        return 2
-    try:
-        broker = BrokerAddress.from_url(settings.mqtt_url)
-    except ValueError as exc:
-        print(f"iot-platform mqtt: {exc}", file=sys.stderr)
-        return 2
-    target = resolve_target(settings)
-    if not args.no_migrate:
-        migrate.upgrade(target)
-    filters = ", ".join(Topics(settings.mqtt_topic_prefix).filters(settings.mqtt_shared_group or None))
-    print(
-        f"iot-platform mqtt: {broker} as {settings.mqtt_client_id}, {filters} -> {target.parts['dbname']}", flush=True
-    )
-    try:
-        import uvloop
-
-        uvloop.run(serve(settings, target.url))
-    except BridgeFailed as exc:
-        print(f"iot-platform mqtt: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    mqtt_cmd = sub.add_parser(
-        "mqtt", help="the MQTT door: store devices/+/telemetry and devices/+/startup messages, publish results"
-    )
-    mqtt_cmd.add_argument("--no-migrate", action="store_true", help="skip `alembic upgrade head` at start")
-    mqtt_cmd.set_defaults(func=cmd_mqtt)

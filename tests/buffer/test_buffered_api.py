@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import gzip
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
+from platform_cli.processes import iot_platform
 from tests.buffer.test_door import mixed_batch
 from tests.reliability.ledger import assert_one_outcome_per_raw_row
 from tests.reliability.procs import Api, wait_for
@@ -260,9 +260,7 @@ def _republish(nats_url: str, prefix: str, seq: int) -> None:
 
 def _ensure(env: dict[str, str]) -> None:
     """`iot-platform migrate` in buffered mode: creates the streams and the consumer."""
-    subprocess.run(
-        [sys.executable, "-m", "ingest_service.cli", "migrate"], cwd=PROJECT_ROOT, env=env, check=True, timeout=60
-    )
+    subprocess.run(iot_platform("migrate"), cwd=PROJECT_ROOT, env=env, check=True, timeout=60)
 
 
 def test_a_retry_with_the_same_idempotency_key_stores_nothing_twice(

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from bench import noop_app
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.main import TELEMETRY, create_app
-from ingest_service.runner import wait_ready
+from platform_cli.processes import wait_ready
 from tests.ingest_service.conftest import make_settings
 from tests.utils.processes import PROJECT_ROOT, free_port
 

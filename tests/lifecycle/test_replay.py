@@ -5,6 +5,7 @@ ingest. Real PostgreSQL, the real API (TestClient, or a process for the concurre
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -14,11 +15,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from ingest_service.cli import main
 from ingest_service.core.config import Settings
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.lifecycle import replay
 from ingest_service.main import create_app
+from platform_cli.main import main
 from tests.ingest_service.conftest import SECRET, make_settings
 from tests.utils.events import startup, telemetry
 from tests.utils.ledger import assert_one_outcome_per_raw_row, ledger
@@ -132,6 +133,11 @@ def test_dry_run_prints_changes_by_reason_and_writes_nothing(
     assert lines["value_out_of_range"][:5] == ["2", "1", "0", "1", "0"]
     assert counts(db) == before
     assert db.execute("select count(*) from ingest.replay_run").fetchone() == (0,)
+    # --json (the Dagster job's reading): one JSON object on stdout, the same counts.
+    assert main(["replay", "--dry-run", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert (data["dry_run"], data["run_id"], data["selected"], data["facts"]) == (True, None, 5, 4)
+    assert data["by_reason"]["value_out_of_range"]["unchanged"] == 1
 
 
 def test_still_failing_rows_keep_an_error_whose_reason_may_change(client: TestClient, db: psycopg.Connection) -> None:

@@ -21,7 +21,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from ingest_service.core.config import PROJECT_ROOT
-from tests.reliability.procs import PYTHON, SECRET, wait_for
+from platform_cli.processes import iot_platform
+from tests.reliability.procs import SECRET, wait_for
 
 
 @dataclass
@@ -70,7 +71,7 @@ class BridgeProcess:
 
     def start(self, timeout: float = 60, migrate: bool = False) -> BridgeProcess:
         subscribed_before = self._count("subscribed")
-        command = [PYTHON, "-m", "ingest_service.cli", "mqtt"] + ([] if migrate else ["--no-migrate"])
+        command = iot_platform("mqtt") + ([] if migrate else ["--no-migrate"])
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 command,

@@ -5,7 +5,6 @@ persistent session across a restart, and two bridges sharing one subscription.""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 from ingest_service.core.config import PROJECT_ROOT
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.mqtt.door import message_key
+from platform_cli.processes import iot_platform
 from tests.mqtt.clients import BridgeProcess, MqttClient, wait_stable
 from tests.reliability.procs import SECRET
 from tests.utils.events import startup, telemetry
@@ -174,7 +174,7 @@ def test_two_bridges_share_the_subscription(
 def test_without_mqtt_url_the_command_says_what_to_set() -> None:
     env = {"PATH": "/usr/bin:/bin", "DEV_MODE": "1", "HOME": "/tmp"}
     proc = subprocess.run(
-        [sys.executable, "-m", "ingest_service.cli", "mqtt", "--no-migrate"],
+        iot_platform("mqtt", "--no-migrate"),
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

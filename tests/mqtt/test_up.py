@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from ingest_service.core.config import Settings
-from ingest_service.runner import _start_doors
+from platform_cli.up import start_doors
 
 API = "http://127.0.0.1:8000"
 
 
 def _spawned(settings: Settings) -> tuple[str, list[list[str]]]:
     commands: list[list[str]] = []
-    banner = _start_doors(settings, API, lambda name, cmd: commands.append([name, *cmd]))
+    banner = start_doors(settings, API, lambda name, cmd: commands.append([name, *cmd]))
     return banner, commands
 
 
@@ -23,7 +23,7 @@ def test_without_mqtt_url_only_http_is_on() -> None:
 def test_with_mqtt_url_the_bridge_starts_and_the_banner_hides_the_password() -> None:
     banner, commands = _spawned(Settings(dev_mode=True, mqtt_url="mqtt://iot-bridge:s3cret@127.0.0.1:1883"))
     assert [c[0] for c in commands] == ["mqtt"]
-    assert commands[0][-3:] == ["ingest_service.cli", "mqtt", "--no-migrate"]
+    assert commands[0][-3:] == ["platform_cli", "mqtt", "--no-migrate"]
     assert "MQTT mqtt://iot-bridge@127.0.0.1:1883 devices/+/telemetry, devices/+/startup" in banner
     assert "s3cret" not in banner
 

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
-from orchestration.lib.launch import dagster_postgres_url, ensure_schema, prepare_dagster_home
+from orchestration.lib.instance import dagster_postgres_url, ensure_schema, prepare_dagster_home
 from tests.utils.processes import PROJECT_ROOT
 
 LEDGER_TEST = "assert_each_raw_record_has_exactly_one_outcome"
@@ -38,7 +38,7 @@ def test_definitions_load_every_job_and_schedule(defs: dg.Definitions) -> None:
     for name in job_names:
         assert defs.resolve_job_def(name).name == name
     schedules = list(repo.schedule_defs)
-    assert {s.name for s in schedules} == {"analytics_hourly_schedule"}
+    assert {s.name for s in schedules} == {"analytics_hourly_schedule", "lifecycle_daily_schedule"}
     for schedule in schedules:
         assert schedule.job_name in job_names
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -93,7 +93,12 @@ def test_every_dbt_test_is_an_asset_check_and_the_python_checks_too(defs: dg.Def
     assert {"source_is_fresh"} <= names_by_asset["ingest/raw_record"] & names_by_asset["ingest/processed_record"]
     assert "ingest_error_rate_within_threshold" in names_by_asset["ingest_parse"]
     python_checks = {key.name for key in specs} - dbt_tests
-    assert python_checks == {"source_is_fresh", "ingest_error_rate_within_threshold"}
+    assert python_checks == {
+        "source_is_fresh",
+        "ingest_error_rate_within_threshold",
+        "ingest_default_partitions_empty",
+        "archive_manifests_match",
+    }
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import httpx
 import psycopg
 
 from ingest_service.core.config import PROJECT_ROOT
+from platform_cli.processes import iot_platform
 
 PYTHON = sys.executable
 SECRET = "reliability-test-secret-of-32-bytes-or-more"
@@ -123,7 +124,7 @@ class Api:
         return env
 
     def start(self, migrate: bool = True, timeout: float = 90, until: str = "/readyz") -> Api:
-        cmd = [PYTHON, "-m", "ingest_service.cli", "serve", "--port", str(self.port)]
+        cmd = iot_platform("serve", "--port", str(self.port))
         if not migrate:
             cmd.append("--no-migrate")
         log = self.log_path.open("ab")

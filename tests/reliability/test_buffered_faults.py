@@ -64,7 +64,7 @@ def test_postgres_stopped_30s_under_full_load_loses_nothing(
 ) -> None:
     url = owned_pg.url("iot_buffered_pg")
     events, err = tmp_path / "events.ndjson", tmp_path / "pipe.err"
-    lines = generate_events(events, 150_000, seed=21)
+    lines = generate_events(events, 60_000, seed=21)
     env = buffer_env(nats_url, prefix, REQUEST_TIMEOUT_SECONDS="2")
     api = Api(url, tmp_path / "api.log", env_overrides=env).start()
     writers = [Writer(api.env(), tmp_path / f"writer{i}.log").start() for i in range(2)]
@@ -178,7 +178,7 @@ def test_nats_restart_answers_503_while_gone_and_loses_nothing(
     the same port and store directory mid-stream."""
     server = OwnedNats(tmp_path / "js").start()
     events, err = tmp_path / "events.ndjson", tmp_path / "pipe.err"
-    lines = generate_events(events, 60_000, seed=23)
+    lines = generate_events(events, 24_000, seed=23)
     env = buffer_env(server.url, prefix, INGEST_BUFFER_ACK_WAIT_SECONDS="5")
     api = writer = None
     try:

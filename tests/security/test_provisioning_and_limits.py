@@ -10,7 +10,6 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
@@ -23,6 +22,7 @@ from ingest_service.core.config import GENERATE_SECRET, MIN_SECRET_BYTES, PLACEH
 from ingest_service.core.database import DatabaseTarget
 from ingest_service.ingest import validation
 from ingest_service.main import create_app
+from platform_cli.processes import iot_platform
 from tests.ingest_service.conftest import SECRET, make_settings
 from tests.utils.events import startup, telemetry, token
 
@@ -193,7 +193,7 @@ def test_serve_refuses_to_start_with_a_weak_secret(fresh_db: DatabaseTarget, var
     env = {**os.environ, "DEV_MODE": "0", "PROVISION_SECRET": "p" * MIN_SECRET_BYTES, "DATABASE_URL": fresh_db.url}
     env[variable] = value
     result = subprocess.run(
-        [sys.executable, "-m", "ingest_service.cli", "serve", "--port", "1", "--no-migrate"],
+        iot_platform("serve", "--port", "1", "--no-migrate"),
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

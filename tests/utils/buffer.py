@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from ingest_service.core.config import PROJECT_ROOT
+from platform_cli.processes import iot_platform
 
 SHARED_NATS_URL = "nats://127.0.0.1:4222"
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -126,7 +126,7 @@ class Writer:
     process: subprocess.Popen | None = None
 
     def start(self) -> Writer:
-        cmd = [sys.executable, "-m", "ingest_service.cli", "writer", "--metrics-port", str(self.metrics_port)]
+        cmd = iot_platform("writer", "--metrics-port", str(self.metrics_port))
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             cmd, cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=log, start_new_session=True

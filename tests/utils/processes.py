@@ -1,20 +1,18 @@
-"""Start the platform's own processes for end-to-end tests."""
+"""Start the platform's own processes for end-to-end tests (through platform_cli.processes, the one
+process helper)."""
 
 from __future__ import annotations
 
 import os
 import resource
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from ingest_service.core.database import DatabaseTarget
-from ingest_service.runner import wait_ready
+from platform_cli.processes import PROJECT_ROOT, iot_platform, start, stop, wait_ready
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["PROJECT_ROOT", "free_port", "running_api"]
 
 
 def free_port() -> int:
@@ -40,10 +38,10 @@ def running_api(
         if nofile_soft is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (nofile_soft, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ingest_service.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        cwd=PROJECT_ROOT,
+    proc = start(
+        iot_platform("serve", "--port", str(port), "--workers", str(workers)),
         env=env,
+        own_session=False,
         preexec_fn=lower_nofile if nofile_soft is not None else None,
     )
     base = f"http://127.0.0.1:{port}"
@@ -51,8 +49,4 @@ def running_api(
         wait_ready(base + "/readyz", timeout=60, process=proc)
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop([proc], grace=30)

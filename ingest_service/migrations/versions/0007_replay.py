@@ -33,13 +33,13 @@ Additive: new tables, a view and a function; no existing table is altered. The f
 has a composite key; the dbt and pytest ledger checks cover the link then).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,7 +1,9 @@
 """The ledger replay as a Dagster job: `iot-platform replay` with run config, then the marts rebuilt.
 
-Two steps: `replay_ledger` runs ingest_service.lifecycle.replay (the same selection as the CLI; its
-counts are the step's output metadata), then `rebuild_after_replay` runs `dbt build` of every model
+Two steps: `replay_ledger` runs `iot-platform replay --json` as a subprocess on the `postgres`
+resource's database, as the lifecycle assets run their commands (assets.py), so orchestration/
+imports nothing of the API's package (the selection is the CLI's options; the counts, the command's
+JSON, are the step's output metadata), then `rebuild_after_replay` runs `dbt build` of every model
 downstream of the ingest tables a replay writes, with their tests, when the replay changed
 anything. The dbt events are reported as materializations and checks of the dbt assets, so the
 asset catalog shows the rebuilt marts. The incremental hourly rollup is among them: replayed facts
@@ -10,16 +12,14 @@ are ingested now (`ingested_at`), so its watermark takes their hours.
 The run's database login writes the replay: it needs the `iot_ingest` group's grants (docs/security.md).
 """
 
-from datetime import datetime
 from typing import Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource
 
-from ingest_service.core.config import Settings
-from ingest_service.lifecycle import replay
 from orchestration.defs.dbt.assets import translator
 from orchestration.defs.dbt.project import dbt_project
+from orchestration.defs.lifecycle.assets import LifecycleFailed, run_command
 from orchestration.lib.dbt.args import EXCLUDE_UNIT_TESTS
 from orchestration.lib.postgres import PostgresResource
 
@@ -39,51 +39,45 @@ class ReplayConfig(dg.Config):
     """The selection of `iot-platform replay` (every replayable current error when all are empty)."""
 
     reasons: list[str] = []
-    since: str | None = None  # ISO 8601
+    since: str | None = None  # ISO 8601, UTC without an offset
     until: str | None = None
     device_ids: list[int] = []
     event_types: list[str] = []
     dry_run: bool = False
-    batch_size: int = replay.DEFAULT_BATCH_SIZE
+    batch_size: int = 1000  # the CLI's default
     resume_run_id: int | None = None
 
-    def selection(self) -> "replay.Selection":
-        return replay.Selection(
-            reasons=tuple(self.reasons),
-            since=datetime.fromisoformat(self.since) if self.since else None,
-            until=datetime.fromisoformat(self.until) if self.until else None,
-            device_ids=tuple(self.device_ids),
-            event_types=tuple(self.event_types),
-        )
+    def args(self) -> list[str]:
+        """The options of `iot-platform replay` for this selection."""
+        args = [arg for reason in self.reasons for arg in ("--reason", reason)]
+        args += [arg for device in self.device_ids for arg in ("--device", str(device))]
+        args += [arg for event_type in self.event_types for arg in ("--event-type", event_type)]
+        args += ["--since", self.since] if self.since else []
+        args += ["--until", self.until] if self.until else []
+        args += ["--resume", str(self.resume_run_id)] if self.resume_run_id is not None else []
+        args += ["--dry-run"] if self.dry_run else []
+        return [*args, "--batch-size", str(self.batch_size)]
 
 
 @dg.op(out=dg.Out(int, description="Rows the replay changed (facts, duplicates, other errors)."))
 def replay_ledger(context: dg.OpExecutionContext, config: ReplayConfig, postgres: PostgresResource) -> dg.Output[int]:
-    """Replay the selected ledger rows (ingest_service/lifecycle/replay.py)."""
+    """Replay the selected ledger rows (`iot-platform replay --json`)."""
     try:
-        result = replay.run(
-            postgres.conninfo,
-            # Only the decision rules are read (clock skew, the startup limits); never a secret.
-            Settings(dev_mode=True),
-            config.selection(),
-            requested_by=f"dagster run {context.run_id}",
-            dry_run=config.dry_run,
-            batch_size=config.batch_size,
-            resume=config.resume_run_id,
-            out=context.log.info,
-        )
-    except replay.ReplayError as exc:
+        out = run_command(postgres, "replay", *config.args(), "--requested-by", f"dagster run {context.run_id}")
+    except LifecycleFailed as exc:
         raise dg.Failure(description=str(exc)) from exc
-    for line in replay.summary(result):
-        context.log.info(line)
-    counts = result.tally.counts()
-    changed = 0 if result.dry_run else counts["facts"] + counts["duplicates"] + counts["errors_changed"]
+    counts = {
+        key: int(out[key]) for key in ("selected", "facts", "duplicates", "errors_changed", "unchanged", "skipped")
+    }
+    changed = 0 if out["dry_run"] else counts["facts"] + counts["duplicates"] + counts["errors_changed"]
+    context.log.info(f"replay run {out['run_id']}: changed {changed} of {counts['selected']} rows")
+    elapsed = float(out["elapsed_seconds"])
     metadata: dict[str, Any] = {
         **counts,
-        "replay_run_id": result.run_id,
-        "dry_run": result.dry_run,
-        "by_reason": dg.MetadataValue.json({r: dict(c) for r, c in result.tally.by_reason.items()}),
-        "rows_per_second": round(counts["selected"] / result.elapsed, 1) if result.elapsed else 0.0,
+        "replay_run_id": out["run_id"],
+        "dry_run": out["dry_run"],
+        "by_reason": dg.MetadataValue.json(out["by_reason"]),
+        "rows_per_second": round(counts["selected"] / elapsed, 1) if elapsed else 0.0,
     }
     return dg.Output(changed, metadata=metadata)
 

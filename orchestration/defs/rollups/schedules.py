@@ -9,10 +9,11 @@ from orchestration.defs.rollups.partitions import ingest_day_partitions
 ANALYTICS_HOURLY_CRON = os.getenv("ANALYTICS_HOURLY_CRON", "5 * * * *")
 
 # Everything: seeds, staging, intermediate, marts, the rollup (today's partition), the key figures,
-# every dbt test (source tests included) and the Python checks.
+# every dbt test (source tests included) and the Python checks; not the data lifecycle (its own
+# daily job, orchestration/defs/lifecycle).
 analytics_hourly_job = dg.define_asset_job(
     name="analytics_hourly_job",
-    selection=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
+    selection=(dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks()) - dg.AssetSelection.groups("lifecycle"),
     partitions_def=ingest_day_partitions,
     description="dbt build of every model and test, today's rollup partition, the rollout key figures and checks.",
 )
