@@ -10,7 +10,7 @@ export DEV_MODE ?= 1
 # When `make` was typed: `make up` prints its first-run times (first stored event, first dbt build) from here.
 STARTED_AT := $(shell date +%s.%N)
 
-.PHONY: install up test test-fast lint format bench bench-buffered bench-mqtt dbt-docs clean-data
+.PHONY: install up test test-fast lint format bench bench-buffered bench-mqtt bench-growth dbt-docs clean-data
 
 install: $(VENV)/.synced
 
@@ -62,6 +62,10 @@ bench-buffered: install
 bench-mqtt: install
 	@command -v mosquitto_pub >/dev/null || apt-get install -y -qq mosquitto mosquitto-clients >/dev/null 2>&1 || sudo apt-get install -y -qq mosquitto mosquitto-clients || true
 	$(BIN)/python -m bench.mqtt_bench
+
+# dbt and the hourly Dagster run at 1 M and 10 M facts (SIZES=100k,1M for a short run).
+bench-growth: install
+	$(BIN)/python -m bench.growth_bench $(if $(SIZES),--sizes $(SIZES))
 
 dbt-docs: install
 	$(BIN)/iot-platform dbt docs generate

@@ -6,6 +6,7 @@ from typing import Any
 
 import dagster as dg
 import psycopg
+from psycopg import sql
 from psycopg.abc import QueryNoTemplate as Query
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
@@ -53,3 +54,17 @@ class PostgresResource(dg.ConfigurableResource):
             row = conn.execute(query, params).fetchone()
         assert row is not None, "query returned no row"
         return row
+
+    def max_of(self, table: tuple[str, str], column: str) -> Any:
+        """max(column) of schema.table, or None when the table is empty or does not exist yet."""
+        with self.connect() as conn:
+            found = conn.execute("select to_regclass(%s) is not null as ok", (".".join(map(_quote, table)),)).fetchone()
+            if not found or not found["ok"]:
+                return None
+            query = sql.SQL("select max({}) as newest from {}").format(sql.Identifier(column), sql.Identifier(*table))
+            row = conn.execute(query).fetchone()
+        return row["newest"] if row else None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

@@ -32,9 +32,11 @@ def run_dbt(
     target_path: Path,
     vars: dict[str, Any] | None = None,
     check: bool = True,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """`dbt <args>` on the test database, its artefacts under `target_path` (one per test module)."""
     env = tool_environment(target)
+    env.update(extra_env or {})
     env["DBT_PROFILES_DIR"] = str(DBT_PROJECT)
     env.pop("DBT_TARGET", None)
     cmd = [

@@ -92,17 +92,16 @@ def _manifest_tests() -> set[str]:
     return {node["name"] for node in manifest["nodes"].values() if node["resource_type"] == "test"}
 
 
-def _hourly_job(defs: dg.Definitions, instance: dg.DagsterInstance) -> dg.ExecuteInProcessResult:
-    """The scheduled job as its schedule runs it: today's partition, every asset and check."""
-    job = defs.resolve_job_def("analytics_hourly_job")
-    return job.execute_in_process(instance=instance, partition_key=_today(), raise_on_error=False)
+def _job(defs: dg.Definitions, instance: dg.DagsterInstance, name: str = "analytics_hourly_job"):
+    """A scheduled job as its schedule runs it: every asset and check, the job's own config."""
+    return defs.resolve_job_def(name).execute_in_process(instance=instance, raise_on_error=False)
 
 
 @pytest.mark.timeout(1500)  # a whole scheduled job: minutes on a busy 2-core machine
 def test_hourly_job_on_good_data_runs_every_dbt_test_as_a_check(
     defs: dg.Definitions, built_db: DatabaseTarget, instance: dg.DagsterInstance
 ) -> None:
-    result = _hourly_job(defs, instance)
+    result = _job(defs, instance)
     assert result.success
     evaluations = result.get_asset_check_evaluations()
     assert sorted(e.check_name for e in evaluations if not e.passed) == []
@@ -134,7 +133,7 @@ def test_hourly_job_on_good_data_runs_every_dbt_test_as_a_check(
     assert figures["data_as_of"].value == watermark.isoformat()
 
 
-def test_partitioned_backfill_of_two_days_equals_a_full_build(
+def test_reprocessed_days_equal_a_full_build(
     everything: list, built_db: DatabaseTarget, instance: dg.DagsterInstance
 ) -> None:
     """Runs right after the full build above: its rollup is the reference."""
@@ -143,26 +142,23 @@ def test_partitioned_backfill_of_two_days_equals_a_full_build(
         days = [
             str(day)
             for (day,) in conn.execute(
-                "select distinct (ingested_at at time zone 'UTC')::date from ingest.processed_record order by 1"
+                "select distinct (record_time at time zone 'UTC')::date from ingest.processed_record order by 1"
             )
         ]
-        # Lose the rollup's rows of the two past days (the table stays, so the runs below are
-        # incremental); today's rows stay and must come out untouched.
+        # Lose the rollup's rows of the two past days (the table stays, so the run below is
+        # incremental, and its watermark is today's); today's rows stay and must come out untouched.
         lost = conn.execute(
-            "delete from analytics.fct_readings_hourly where last_ingested_at < %s::date",
-            (_today(),),
+            "delete from analytics.fct_readings_hourly where last_ingested_at < %s::date", (_today(),)
         ).rowcount
     assert len(days) == 3 and days[-1] == _today()
-    assert {str(row[8].astimezone(UTC).date()) for row in full_rows} == set(days)
-
     assert 0 < lost < len(full_rows)
-    # Backfill the two past days as the daemon runs it (BackfillPolicy.single_run): one run over the
-    # partition range. A closed range re-rolls the groups its days' facts touch, and no others.
+    # What a ledger replay asks of the marts: the days it touched, rebuilt whole (the dbt var
+    # reprocess_days, from the job's config).
     result = dg.materialize(
         everything,
         selection=ROLLUP,
         instance=instance,
-        tags={"dagster/asset_partition_range_start": days[0], "dagster/asset_partition_range_end": days[1]},
+        run_config={"ops": {"dbt_models": {"config": {"reprocess_days": days[:2]}}}},
     )
     assert result.success
     assert _rollup_rows(built_db) == full_rows
@@ -187,13 +183,11 @@ def test_error_burst_fails_the_error_rate_check(built_db: DatabaseTarget) -> Non
 
 
 def test_stale_facts_fail_the_freshness_check(built_db: DatabaseTarget) -> None:
-    """dbt source freshness, surfaced as checks: warn after an hour without facts, error after a day."""
-    from orchestration.defs.dbt.project import dbt_project
+    """dbt's source freshness thresholds, surfaced as checks: warn after an hour without facts, error after a day."""
     from orchestration.defs.quality.checks import ingest_sources_are_fresh
-    from orchestration.lib.dbt.cli import dbt_cli
 
     def freshness() -> dict[str, dg.AssetCheckResult]:
-        results = ingest_sources_are_fresh(dbt=dbt_cli(dbt_project))
+        results = ingest_sources_are_fresh(postgres=_postgres())
         return {r.asset_key.to_user_string(): r for r in results}
 
     assert all(r.passed for r in freshness().values())
@@ -218,7 +212,7 @@ def test_orphan_raw_row_fails_the_ledger_check_and_blocks_the_marts(
     with psycopg.connect(built_db.url, autocommit=True) as conn:
         conn.execute("insert into ingest.raw_record (request_id, batch_index, payload) values ('orphan', 0, '{}')")
     # The hourly job: only the staging step may run.
-    result = _hourly_job(defs, instance)
+    result = _job(defs, instance)
     ledger = _evaluations(result)[LEDGER_TEST]
     assert not ledger.passed and ledger.severity == dg.AssetCheckSeverity.ERROR
     assert ledger.asset_key == dg.AssetKey(["staging", "stg_ingest__raw_records"])

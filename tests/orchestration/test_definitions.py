@@ -13,7 +13,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from orchestration.lib.dbt.args import dbt_build_args, rollup_vars
+from orchestration.lib.dbt.args import dbt_build_args, dbt_timings, hourly_dbt_vars, hourly_test_window
+from orchestration.lib.dbt.manifest import freshness_status
 from orchestration.lib.instance import dagster_postgres_url, ensure_schema, prepare_dagster_home
 from tests.utils.processes import PROJECT_ROOT
 
@@ -34,17 +35,31 @@ def _specs(defs: dg.Definitions) -> dict[dg.AssetKey, dg.AssetSpec]:
 def test_definitions_load_every_job_and_schedule(defs: dg.Definitions) -> None:
     repo = defs.get_repository_def()
     job_names = {job.name for job in repo.get_all_jobs() if not job.name.startswith("__")}
-    assert "analytics_hourly_job" in job_names
+    assert {"analytics_hourly_job", "analytics_daily_job"} <= job_names
     for name in job_names:
         assert defs.resolve_job_def(name).name == name
     schedules = list(repo.schedule_defs)
-    assert {s.name for s in schedules} == {"analytics_hourly_schedule", "lifecycle_daily_schedule"}
+    assert {s.name for s in schedules} == {
+        "analytics_hourly_schedule",
+        "analytics_daily_schedule",
+        "lifecycle_daily_schedule",
+    }
     for schedule in schedules:
         assert schedule.job_name in job_names
         assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
 
 
-def test_hourly_schedule_targets_the_current_ingest_day(defs: dg.Definitions) -> None:
+def test_hourly_job_runs_in_one_process_and_the_daily_job_refreshes_everything(defs: dg.Definitions) -> None:
+    hourly = defs.resolve_job_def("analytics_hourly_job")
+    daily = defs.resolve_job_def("analytics_daily_job")
+    assert hourly.executor_def.name == "in_process" and daily.executor_def.name == "in_process"
+    assert daily.run_config and daily.run_config["ops"]["dbt_models"]["config"]["full_refresh"] is True
+    # The same assets and checks (every dbt test, as test_assets.py asserts of the hourly run's evaluations).
+    assert hourly.asset_layer.selected_asset_keys == daily.asset_layer.selected_asset_keys
+    assert hourly.asset_layer.asset_graph.asset_check_keys == daily.asset_layer.asset_graph.asset_check_keys
+    # One dbt step: every dbt asset is in the one multi-asset.
+    dbt_steps = [node for node in hourly.graph.node_defs if node.name == "dbt_models"]
+    assert len(dbt_steps) == 1
     schedule = defs.resolve_schedule_def("analytics_hourly_schedule")
     with dg.instance_for_test() as instance:
         context = dg.build_schedule_context(
@@ -52,9 +67,8 @@ def test_hourly_schedule_targets_the_current_ingest_day(defs: dg.Definitions) ->
             scheduled_execution_time=datetime(2026, 3, 4, 17, 5, tzinfo=UTC),
             repository_def=defs.get_repository_def(),
         )
-        data = schedule.evaluate_tick(context)
-    [request] = data.run_requests or []
-    assert request.partition_key == "2026-03-04"
+        [request] = schedule.evaluate_tick(context).run_requests or []
+    assert request.run_key == "2026-03-04T17:05:00+00:00" and request.partition_key is None
 
 
 def test_asset_graph_starts_at_ingest_and_is_grouped_by_dbt_folder(defs: dg.Definitions) -> None:
@@ -72,7 +86,7 @@ def test_asset_graph_starts_at_ingest_and_is_grouped_by_dbt_folder(defs: dg.Defi
     assert dg.AssetKey(["ingest", "raw_record"]) in {dep.asset_key for dep in raw.deps}
     assert raw.owners == ["team:data"] and "dbt" in raw.kinds and raw.description
     assert specs[dg.AssetKey(["ingest", "raw_record"])].owners == ["team:ingest"]
-    assert specs[dg.AssetKey("fct_readings_hourly")].partitions_def is not None
+    assert "incremental" in specs[dg.AssetKey("fct_readings_hourly")].kinds
 
 
 def test_every_dbt_test_is_an_asset_check_and_the_python_checks_too(defs: dg.Definitions) -> None:
@@ -128,15 +142,39 @@ def test_dbt_build_args_name_the_tests_exclude_unit_tests_and_pass_vars() -> Non
     ]
 
 
-def test_rollup_vars_rebuild_closed_days_and_use_the_watermark_today() -> None:
-    now = datetime(2026, 3, 4, 17, 5, tzinfo=UTC)
-    past = dg.TimeWindow(datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 3, 3, tzinfo=UTC))
-    today = dg.TimeWindow(datetime(2026, 3, 4, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
-    assert rollup_vars(past, now) == {
-        "rollup_since": "2026-03-01T00:00:00+00:00",
-        "rollup_until": "2026-03-03T00:00:00+00:00",
+def test_the_hourly_test_window_opens_at_the_watermark_or_the_oldest_reprocessed_day() -> None:
+    watermark = datetime(2026, 3, 4, 17, 2, tzinfo=UTC)
+    assert hourly_test_window(None, []) == ""  # no rollup yet: a first build tests everything
+    assert hourly_test_window(watermark, []) == "2026-03-04T17:02:00+00:00"
+    # Reprocessed days are rebuilt whole (a var, sorted and once each), and tested from the oldest.
+    days = ["2026-03-01", "2026-02-27", "2026-03-01"]
+    assert hourly_test_window(watermark, days) == "2026-02-27T00:00:00+00:00"
+    assert hourly_dbt_vars(days) == {"reprocess_days": ["2026-02-27", "2026-03-01"]}
+    assert hourly_dbt_vars([]) == {}
+    with pytest.raises(ValueError):
+        hourly_dbt_vars(["yesterday"])
+
+
+def test_freshness_status_follows_dbt_thresholds() -> None:
+    criteria = {"warn_after": {"count": 1, "period": "hour"}, "error_after": {"count": 24, "period": "hour"}}
+    now = datetime(2026, 3, 4, 17, 0, tzinfo=UTC)
+    assert freshness_status(criteria, datetime(2026, 3, 4, 16, 30, tzinfo=UTC), now) == ("pass", 1800.0)
+    assert freshness_status(criteria, datetime(2026, 3, 4, 15, 0, tzinfo=UTC), now)[0] == "warn"
+    assert freshness_status(criteria, datetime(2026, 3, 3, 16, 0, tzinfo=UTC), now)[0] == "error"
+    assert freshness_status(criteria, None, now)[0] == "error"  # an empty table is not fresh
+
+
+def test_dbt_timings_split_dbt_from_the_rest() -> None:
+    results = {
+        "elapsed_time": 10.0,
+        "results": [
+            {"unique_id": "model.iot_platform.ingest_parse", "execution_time": 4.0},
+            {"unique_id": "test.iot_platform.unique_ingest_parse_raw_record_id.abc123", "execution_time": 1.5},
+        ],
     }
-    assert rollup_vars(today, now) == {}
+    timings = dbt_timings(results, 14.0)
+    assert timings["outside_dbt_s"] == 4.0 and timings["models_s"] == 4.0 and timings["tests_s"] == 1.5
+    assert timings["slowest"] == {"ingest_parse": 4.0, "unique_ingest_parse_raw_record_id": 1.5}
 
 
 def test_dagster_postgres_url_keeps_the_socket_and_sets_the_schema() -> None:

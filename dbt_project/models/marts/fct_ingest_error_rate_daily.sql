@@ -1,8 +1,14 @@
+{{ config(pre_hook="{{ delete_days('report_date', reprocess_days(), received_rebuild_from('report_date')) }}") }}
+
 with
 
 outcomes as (
 
-    select * from {{ ref('int_raw_record_outcomes') }}
+    select * from {{ ref('ingest_parse') }}
+    {%- if is_incremental() %}
+    -- Whole days: from the last day held (still filling) on, and reprocess_days.
+    where {{ timestamp_in_days('received_at', reprocess_days(), received_rebuild_from('report_date')) }}
+    {%- endif %}
 
 ),
 

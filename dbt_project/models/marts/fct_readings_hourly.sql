@@ -21,6 +21,9 @@ changed_hours as (
         {%- if var('rollup_until') %}
         and ingested_at <= '{{ var('rollup_until') }}'::timestamptz
         {%- endif %}
+        {%- if reprocess_days() %}
+        or {{ timestamp_in_days('observed_at', reprocess_days()) }}
+        {%- endif %}
 
 ),
 

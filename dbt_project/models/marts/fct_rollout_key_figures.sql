@@ -20,7 +20,7 @@ device_states as (
 
 outcomes as (
 
-    select * from {{ ref('int_raw_record_outcomes') }}
+    select * from {{ ref('ingest_parse') }}
 
 ),
 
@@ -77,8 +77,9 @@ day_outcomes as (
 
     from outcomes
     inner join watermark
+        -- The watermark's UTC day, as a range (ingest_parse's received_at index serves it).
         on
-            {{ utc_day('outcomes.received_at') }} = watermark.report_date
+            outcomes.received_at >= (watermark.report_date::timestamp at time zone 'UTC')
             and outcomes.received_at <= watermark.data_as_of
 
 ),

@@ -3,6 +3,11 @@ with
 unified as (
 
     select * from {{ ref('int_readings_unified_mm') }}
+    {%- if is_incremental() %}
+    -- A reading that belongs in the newest N is no older than the oldest of the N held now.
+    {%- set oldest = own_max('observed_at', 'min') %}
+    where observed_at >= {{ "'" ~ oldest ~ "'::timestamptz" if oldest is not none else "'-infinity'::timestamptz" }}
+    {%- endif %}
 
 ),
 

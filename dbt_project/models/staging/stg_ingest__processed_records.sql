@@ -1,3 +1,10 @@
+-- The ledger's other staging views are parents too, unused: so every model over the facts sits
+-- downstream of all the parents of the ledger accounting test, and `dbt build` skips them when it
+-- fails (dbt adds a test's edges to the children of all its parents). The hourly Dagster job is one
+-- dbt build: this is what stops its marts on a broken ledger.
+-- depends_on: {{ ref('stg_ingest__raw_records') }}, {{ ref('stg_ingest__raw_duplicates') }}
+-- depends_on: {{ ref('stg_ingest__device_startups') }}, {{ ref('stg_ingest__ingest_errors') }}
+
 with
 
 source as (

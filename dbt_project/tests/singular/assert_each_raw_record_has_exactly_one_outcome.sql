@@ -7,23 +7,39 @@
 -- and metrics of the run, which would be computed from an incomplete ledger.
 {{ config(meta={'dagster': {'ref': {'name': 'stg_ingest__raw_records'}}}) }}
 
+-- With test_since (the hourly run), only ledger ids from the oldest one received in the window on,
+-- on both sides, so that an outcome is never compared without its raw row.
+
 with
+
+window_start as (
+
+    select coalesce(min(raw_record_id), 0) as first_id
+    from {{ ref('stg_ingest__raw_records') }}
+    where {{ in_test_window('received_at') }}
+
+),
 
 raw_records as (
 
     select raw_record_id from {{ ref('stg_ingest__raw_records') }}
+    where raw_record_id >= (select window_start.first_id from window_start)
 
 ),
 
 outcomes as (
 
     select raw_record_id from {{ ref('stg_ingest__processed_records') }}
+    where raw_record_id >= (select window_start.first_id from window_start)
     union all
     select raw_record_id from {{ ref('stg_ingest__raw_duplicates') }}
+    where raw_record_id >= (select window_start.first_id from window_start)
     union all
     select raw_record_id from {{ ref('stg_ingest__device_startups') }}
+    where raw_record_id >= (select window_start.first_id from window_start)
     union all
     select raw_record_id from {{ ref('stg_ingest__ingest_errors') }}
+    where raw_record_id >= (select window_start.first_id from window_start)
 
 ),
 

@@ -14,6 +14,70 @@ rollup_watermark as (
 
 ),
 
+{%- if test_since() %}
+
+-- The hourly run: the groups with facts ingested in the window, or re-rolled in it, counted whole.
+checked_groups as (
+
+    select distinct
+        device_id,
+        record_type_id,
+        {{ utc_hour('record_time') }} as hour_start
+    from {{ source('ingest', 'processed_record') }}
+    where
+        {{ in_test_window('ingested_at') }}
+        and ingested_at <= (select rollup_watermark.ingested_until from rollup_watermark)
+    union
+    select
+        device_id,
+        record_type_id,
+        hour_start
+    from {{ ref('fct_readings_hourly') }}
+    where {{ in_test_window('last_ingested_at') }}
+
+),
+
+fact_counts as (
+
+    select
+        checked_groups.device_id,
+        checked_groups.record_type_id,
+        checked_groups.hour_start,
+        group_facts.facts
+    from checked_groups
+    cross join
+        lateral (
+            select count(*) as facts
+            from {{ source('ingest', 'processed_record') }} as facts
+            where
+                facts.device_id = checked_groups.device_id  -- noqa: RF03
+                and facts.record_type_id = checked_groups.record_type_id
+                and facts.record_time >= checked_groups.hour_start
+                and facts.record_time < checked_groups.hour_start + interval '1 hour'
+                and facts.ingested_at <= (select rollup_watermark.ingested_until from rollup_watermark)
+        ) as group_facts
+    where group_facts.facts > 0
+
+),
+
+rollup_counts as (
+
+    select
+        hourly.device_id,
+        hourly.record_type_id,
+        hourly.hour_start,
+        hourly.reading_count
+    from {{ ref('fct_readings_hourly') }} as hourly
+    inner join checked_groups
+        on
+            hourly.device_id = checked_groups.device_id
+            and hourly.record_type_id = checked_groups.record_type_id
+            and hourly.hour_start = checked_groups.hour_start
+
+)
+
+{%- else %}
+
 fact_counts as (
 
     select
@@ -37,6 +101,8 @@ rollup_counts as (
     from {{ ref('fct_readings_hourly') }}
 
 )
+
+{%- endif %}
 
 select
     coalesce(fact_counts.device_id, rollup_counts.device_id) as device_id,

@@ -1,7 +1,8 @@
 -- Invariant 3: without a calibration, a legacy reading is exactly ticks / 20 mm and a new one is
 -- its mm value, and every extension fact appears in v_platform_extension_mm once. A row here is
 -- a reading converted wrongly, missing from the view, or invented by it. 20 is written out on
--- purpose (it is the product's default, not the project var that the view uses).
+-- purpose (it is the product's default, not the project var that the view uses). With test_since
+-- (the hourly run), the facts ingested in the window.
 {{ config(meta={'dagster': {'ref': {'name': 'v_platform_extension_mm'}}}) }}
 
 with
@@ -17,6 +18,7 @@ facts as (
         on facts.record_type_id = record_types.id
     where
         record_types.measure = 'platform_extension'
+        and {{ in_test_window('facts.ingested_at') }}
         and facts.device_id not in (select calibrated.device_id from {{ ref('device_calibration') }} as calibrated)
 
 ),
@@ -27,7 +29,9 @@ unified as (
         processed_record_id,
         extension_mm
     from {{ ref('v_platform_extension_mm') }}
-    where device_id not in (select calibrated.device_id from {{ ref('device_calibration') }} as calibrated)
+    where
+        {{ in_test_window('ingested_at') }}
+        and device_id not in (select calibrated.device_id from {{ ref('device_calibration') }} as calibrated)
 
 )
 

@@ -10,6 +10,6 @@ def ingest_sources() -> dg.Definitions:
     """The API's base tables (dbt sources) as assets of their own, so they carry the `ingest` group,
     owner and descriptions instead of being anonymous upstream stubs."""
     # In a module of its own: a module with a @dg.definitions function contributes only that.
-    manifest = get_manifest_and_translator_from_dbt_assets([dbt_defs.dbt_staging_models])[0]
+    manifest = get_manifest_and_translator_from_dbt_assets([dbt_defs.dbt_models])[0]
     specs = [dbt_defs.translator.get_asset_spec(manifest, unique_id, dbt_project) for unique_id in manifest["sources"]]
     return dg.Definitions(assets=specs)

@@ -2,7 +2,7 @@
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import dagster as dg
@@ -52,14 +52,42 @@ def check_tests(context: dg.AssetExecutionContext) -> list[str]:
     return sorted(get_dbt_test_names_for_check_keys(translator, manifest, assets_def, keys))
 
 
-def rollup_vars(window: dg.TimeWindow, now: datetime) -> dict[str, str]:
-    """dbt vars for one run of the hourly rollup over a window of ingest days.
+def hourly_dbt_vars(reprocess_days: Sequence[str]) -> dict[str, Any]:
+    """dbt vars of an incremental run: the UTC days to rebuild whole, if any (validated, sorted)."""
+    days = sorted({date.fromisoformat(day).isoformat() for day in reprocess_days})
+    return {"reprocess_days": days} if days else {}
 
-    fct_readings_hourly re-aggregates every (device, type, hour) group that has facts ingested after
-    `rollup_since` (and up to `rollup_until`); unset, after its own watermark. A window still open
-    (today) is an ordinary incremental run, whose cost is the new data. A closed window (a backfill
-    of past days) re-rolls the groups its days' facts touch, whole, so it costs what those days cost.
-    """
-    if window.end > now:
-        return {}
-    return {"rollup_since": window.start.isoformat(), "rollup_until": window.end.isoformat()}
+
+def hourly_test_window(watermark: datetime | None, reprocess_days: Sequence[str]) -> str:
+    """DBT_TEST_SINCE of an incremental run: the rollup's watermark before the build (dbt subtracts
+    the rollup's lookback, so the tests read what the build re-reads), or the start of the oldest
+    of `reprocess_days` when that is earlier; empty (every test reads everything) when there is no
+    rollup yet."""
+    if watermark is None:
+        return ""
+    since = watermark
+    for day in reprocess_days:
+        since = min(since, datetime.combine(date.fromisoformat(day), time(), tzinfo=UTC))
+    return since.isoformat()
+
+
+def dbt_timings(run_results: Mapping[str, Any], wall_seconds: float) -> dict[str, Any]:
+    """Where a dbt step's time went: dbt's own elapsed time, the rest (dagster-dbt set-up, dbt
+    start-up and partial parse, event handling), the models' and the tests' summed execution
+    times (dbt runs two threads), and the slowest nodes."""
+    timed = [
+        (result["unique_id"].split(".")[0], result["unique_id"].split(".")[2], float(result["execution_time"]))
+        for result in run_results["results"]
+    ]
+    elapsed = float(run_results.get("elapsed_time") or 0.0)
+    slowest = sorted(timed, key=lambda item: -item[2])[:8]
+    return {
+        "step_wall_s": round(wall_seconds, 2),
+        "dbt_elapsed_s": round(elapsed, 2),
+        "outside_dbt_s": round(wall_seconds - elapsed, 2),
+        "models": sum(1 for kind, _, _ in timed if kind != "test"),
+        "tests": sum(1 for kind, _, _ in timed if kind == "test"),
+        "models_s": round(sum(t for kind, _, t in timed if kind != "test"), 2),
+        "tests_s": round(sum(t for kind, _, t in timed if kind == "test"), 2),
+        "slowest": {name: round(t, 2) for _, name, t in slowest},
+    }

@@ -1,0 +1,147 @@
+{#
+    The day-level incremental marts: a run rebuilds whole UTC days, and which days is decided here.
+
+    - The days new data touched (each model says how: the days after its own watermark).
+    - Plus `reprocess_days` (a list of 'YYYY-MM-DD', or a comma-separated string): days rebuilt
+      whatever the watermark says, e.g. the days a ledger replay touched. Each mart applies them to
+      its own day axis (received day for the ledger marts, observed day for the readings marts).
+
+    A rebuilt day is deleted whole first (`delete_days`, a pre-hook) and inserted again (append), so
+    a day that lost rows (a replay turning errors into facts) loses them in the mart too.
+#}
+
+{% macro reprocess_days() %}
+    {%- set days = var('reprocess_days') or [] -%}
+    {%- if days is string -%}
+        {%- set days = days.split(',') -%}
+    {%- endif -%}
+    {%- set clean = [] -%}
+    {#- Each goes into SQL as to_date('<day>', 'YYYY-MM-DD') (day_sql), which refuses anything else. -#}
+    {%- for day in days if day | string | trim -%}
+        {%- do clean.append(day | string | trim | replace("'", "")) -%}
+    {%- endfor -%}
+    {{ return(clean | unique | sort | list) }}
+{% endmacro %}
+
+
+{# A timestamptz literal: `newest` (a watermark, as text) minus the lookback, or -infinity. #}
+{% macro watermark_literal(newest, lookback_minutes=var('rollup_lookback_minutes')) %}
+    {%- if newest is none -%}
+        '-infinity'::timestamptz
+    {%- else -%}
+        ('{{ newest }}'::timestamptz - interval '{{ lookback_minutes }} minutes')
+    {%- endif -%}
+{% endmacro %}
+
+
+{# max(column) of this model's table (None when empty, at parse time, or on a full build). #}
+{% macro own_max(column, aggregate='max') %}
+    {%- if not execute or not is_incremental() -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set result = run_query('select ' ~ aggregate ~ '(' ~ column ~ ') from ' ~ this) -%}
+    {{ return(result.columns[0].values()[0]) }}
+{% endmacro %}
+
+
+{#
+    The UTC days (ISO strings) of `day_sql` over `relation` rows whose `ingested_column` is after
+    `since_literal` (a timestamptz SQL literal), plus reprocess_days. Run at execution time.
+#}
+{% macro changed_days(relation, day_sql, ingested_column, since_literal) %}
+    {%- set days = reprocess_days() -%}
+    {%- if execute -%}
+        {%- set query -%}
+            select distinct ({{ day_sql }})::text from {{ relation }} where {{ ingested_column }} > {{ since_literal }}
+        {%- endset -%}
+        {%- for day in run_query(query).columns[0].values() -%}
+            {%- do days.append(day) -%}
+        {%- endfor -%}
+    {%- endif -%}
+    {{ return(days | unique | sort | list) }}
+{% endmacro %}
+
+
+{# A day as SQL: an error for anything but YYYY-MM-DD ('yesterday'::date would be accepted). #}
+{% macro day_sql(day) -%}
+    to_date('{{ day }}', 'YYYY-MM-DD')
+{%- endmacro %}
+
+
+{# `day_expr` (a date) is one of `days`, or on/after `from_day`; false when there is neither. #}
+{% macro day_in(day_expr, days, from_day=none) %}
+    {%- set parts = [] -%}
+    {%- if from_day is not none -%}
+        {%- do parts.append(day_expr ~ " >= " ~ day_sql(from_day)) -%}
+    {%- endif -%}
+    {%- if days -%}
+        {%- set listed = [] -%}
+        {%- for day in days -%}
+            {%- do listed.append(day_sql(day)) -%}
+        {%- endfor -%}
+        {%- do parts.append(day_expr ~ " in (" ~ (listed | join(', ')) ~ ")") -%}
+    {%- endif -%}
+    ({{ parts | join(' or ') if parts else 'false' }})
+{% endmacro %}
+
+
+{#
+    The same as day_in over a timestamptz column, written as ranges so that an index on the column
+    serves it (utc_day(column) in (...) would scan everything).
+#}
+{% macro timestamp_in_days(column, days, from_day=none) %}
+    {%- set parts = [] -%}
+    {%- if from_day is not none -%}
+        {%- do parts.append(column ~ " >= (" ~ day_sql(from_day) ~ "::timestamp at time zone 'UTC')") -%}
+    {%- endif -%}
+    {%- for day in days -%}
+        {%- do parts.append(
+            "(" ~ column ~ " >= (" ~ day_sql(day) ~ "::timestamp at time zone 'UTC') and "
+            ~ column ~ " < ((" ~ day_sql(day) ~ " + 1)::timestamp at time zone 'UTC'))"
+        ) -%}
+    {%- endfor -%}
+    ({{ parts | join(' or ') if parts else 'false' }})
+{% endmacro %}
+
+
+{# Pre-hook of a day-level incremental mart: delete the days the run rebuilds (nothing on a full build). #}
+{% macro delete_days(day_column, days, from_day=none) %}
+    {%- if is_incremental() -%}
+        delete from {{ this }} where {{ day_in(day_column, days, from_day) }}
+    {%- endif -%}
+{% endmacro %}
+
+
+{# Received-day marts (the ledger's): rebuild from the last day they hold (still filling) on. #}
+{% macro received_rebuild_from(day_column) %}
+    {%- set newest = own_max(day_column) -%}
+    {{ return('1970-01-01' if newest is none else newest | string) }}
+{% endmacro %}
+
+
+{#
+    Observed-day marts built from the hourly rollup: the days of rollup rows re-rolled since the
+    mart's own newest `last_ingested_at` (minus the rollup's lookback, the same margin the rollup
+    re-reads), plus reprocess_days.
+#}
+{% macro rollup_changed_days() %}
+    {%- if not is_incremental() -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {{ return(changed_days(
+        ref('fct_readings_hourly'), utc_day('hour_start'), 'last_ingested_at',
+        watermark_literal(own_max('last_ingested_at'))
+    )) }}
+{% endmacro %}
+
+
+{# The same over the extension readings (observed days of readings ingested since the watermark). #}
+{% macro extension_changed_days() %}
+    {%- if not is_incremental() -%}
+        {{ return([]) }}
+    {%- endif -%}
+    {{ return(changed_days(
+        ref('int_readings_unified_mm'), utc_day('observed_at'), 'ingested_at',
+        watermark_literal(own_max('last_ingested_at'))
+    )) }}
+{% endmacro %}

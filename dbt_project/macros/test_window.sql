@@ -1,0 +1,80 @@
+{#
+    The hourly run's tests read only the changed window; the daily run's read all history.
+
+    With DBT_TEST_SINCE (an ISO timestamp in the environment: the Dagster hourly job sets the rollup's
+    watermark before its build), a generic test over a relation with a window column sees only the
+    rows at or after it minus `rollup_lookback_minutes` (what the build re-reads):
+    - a source: its `loaded_at_field` (the same column freshness reads);
+    - a model: `config.meta.test_window.column` (and `grain: day` for a date column: the whole UTC
+      day that holds test_since).
+    Relations without one (the per-device metrics, the seeds, the small lookup tables) are tested
+    whole: they are small. Unset (`dbt build`, the daily job), every test reads everything.
+    Singular tests call `in_test_window` on their own columns.
+#}
+
+{#
+    The window's start, from the environment variable DBT_TEST_SINCE (empty: no window). Read only
+    when executing: dbt re-parses the whole project when a var changes, and an environment variable
+    read while parsing would make it re-parse every test each hour; read at execution time, a new
+    value costs nothing.
+#}
+{% macro test_since() %}
+    {{ return(env_var('DBT_TEST_SINCE', '') if execute else '') }}
+{% endmacro %}
+
+
+{# SQL predicate: `column` is in the test window (`true` without a window). #}
+{% macro in_test_window(column, grain=none) %}
+    {%- set since = test_since() -%}
+    {%- set start -%}
+        ('{{ since }}'::timestamptz - interval '{{ var('rollup_lookback_minutes') }} minutes')
+    {%- endset -%}
+    {%- if not since -%}
+        true
+    {%- elif grain == 'day' -%}
+        {{ column }} >= ({{ start }} at time zone 'UTC')::date
+    {%- else -%}
+        {{ column }} >= {{ start }}
+    {%- endif -%}
+{% endmacro %}
+
+
+{# The window column (and grain) of the source or model `relation` is built into, or none. #}
+{% macro test_window_of(relation) %}
+    {%- set wanted = (relation.schema ~ '.' ~ relation.identifier) | lower -%}
+    {%- for source in graph.sources.values() -%}
+        {%- if (source.schema ~ '.' ~ source.identifier) | lower == wanted and source.loaded_at_field -%}
+            {{ return({'column': source.loaded_at_field}) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {%- for node in graph.nodes.values() if node.resource_type == 'model' -%}
+        {%- if (node.schema ~ '.' ~ node.alias) | lower == wanted -%}
+            {{ return(node.config.meta.get('test_window')) }}
+        {%- endif -%}
+    {%- endfor -%}
+    {{ return(none) }}
+{% endmacro %}
+
+
+{# dbt's generic tests read `get_where_subquery(model)`: the test's own `where`, and the window. #}
+{% macro postgres__get_where_subquery(relation) -%}
+    {%- set filters = [] -%}
+    {%- set where = config.get('where', '') -%}
+    {%- if where -%}
+        {%- do filters.append('(' ~ where ~ ')') -%}
+    {%- endif -%}
+    {%- if test_since() -%}
+        {%- set window = test_window_of(relation) -%}
+        {%- if window -%}
+            {%- do filters.append(in_test_window(window['column'], window.get('grain'))) -%}
+        {%- endif -%}
+    {%- endif -%}
+    {%- if filters -%}
+        {%- set filtered -%}
+            (select * from {{ relation }} where {{ filters | join(' and ') }}) dbt_subquery
+        {%- endset -%}
+        {%- do return(filtered) -%}
+    {%- else -%}
+        {%- do return(relation) -%}
+    {%- endif -%}
+{%- endmacro %}
