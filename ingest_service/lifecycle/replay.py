@@ -214,6 +214,9 @@ class ReplayResult:
     selection: Selection
     tally: Tally
     elapsed: float
+    # The UTC days whose marts the run changed ('YYYY-MM-DD', sorted): the received days of the raw
+    # rows it superseded and the record days of the facts it wrote (empty for a dry run).
+    days: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -222,6 +225,7 @@ class ReplayResult:
             "selection": self.selection.as_json(),
             **self.tally.counts(),
             "by_reason": {r: dict(c) for r, c in self.tally.by_reason.items()},
+            "days": self.days,
             "elapsed_seconds": round(self.elapsed, 3),
         }
 
@@ -258,6 +262,22 @@ set last_raw_record_id = %s, selected = selected + %s, facts = facts + %s, dupli
 where id = %s
 """
 _FINISH = "update ingest.replay_run set status = 'finished', finished_at = now() where id = %s"
+# The days a run touched (all its batches, resumed ones too): the received day of every raw row it
+# superseded (ingest_parse, the error rates) and the record day of every fact it wrote (the rollup).
+_DAYS = """
+select distinct day from (
+    select (r.received_at at time zone 'UTC')::date as day
+    from ingest.outcome_supersession as s
+    join ingest.raw_record as r on r.id = s.raw_record_id
+    where s.replay_run_id = %(run)s
+    union
+    select (p.record_time at time zone 'UTC')::date
+    from ingest.outcome_supersession as s
+    join ingest.processed_record as p on p.raw_record_id = s.raw_record_id
+    where s.replay_run_id = %(run)s and s.outcome = 'fact'
+) as touched
+order by day
+"""
 
 
 async def replay(
@@ -307,9 +327,12 @@ async def replay(
             done += len(rows)
             if progress is not None:
                 progress(Progress(done, total, time.monotonic() - started))
+        days: list[str] = []
         if run_id is not None:
             await conn.execute(_FINISH, (run_id,))
-        return ReplayResult(run_id, dry_run, selection, tally, time.monotonic() - started)
+            cur = await conn.execute(_DAYS, {"run": run_id})
+            days = [day.isoformat() for (day,) in await cur.fetchall()]
+        return ReplayResult(run_id, dry_run, selection, tally, time.monotonic() - started, days)
     finally:
         await conn.execute("select pg_advisory_unlock(%s, %s)", REPLAY_LOCK)
 
@@ -428,6 +451,8 @@ def summary(result: ReplayResult) -> list[str]:
         f"{head} {changed} of {counts['selected']} rows in {result.elapsed:.1f} s "
         f"({counts['facts']} facts, {counts['duplicates']} duplicates, {counts['errors_changed']} other errors)"
     ]
+    if result.days:
+        lines.append(f"days touched (rebuild their marts with reprocess_days): {', '.join(result.days)}")
     if result.tally.by_reason:
         lines += result.tally.lines()
     return lines

@@ -3,6 +3,8 @@ selection, the counts are the replay step's metadata, and the marts are rebuilt 
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import dagster as dg
 import psycopg
 import pytest
@@ -66,6 +68,8 @@ def test_the_replay_job_writes_facts_and_rebuilds_the_marts(dagster_env: Databas
     assert result.success
     metadata = _replay_metadata(result)
     assert (metadata["selected"], metadata["facts"], metadata["dry_run"]) == (20, 20, False)
+    # The days it touched, the rebuild's reprocess_days: the rows' received day, the facts' 2026-01-01.
+    assert metadata["days"] == sorted({"2026-01-01", datetime.now(UTC).date().isoformat()})
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert {"ingest_parse", "fct_ingest_error_rate_daily", "staging/int_superseded_outcomes"} <= materialized
     with psycopg.connect(dagster_env.url) as conn:
