@@ -65,7 +65,9 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres:
     context.log.info(f"dbt timings: {json.dumps(timings)}")
 
 
-def incremental_test_window(postgres: PostgresResource, manifest: Mapping[str, Any], reprocess_days: Sequence[str]) -> str:
+def incremental_test_window(
+    postgres: PostgresResource, manifest: Mapping[str, Any], reprocess_days: Sequence[str]
+) -> str:
     """DBT_TEST_SINCE of an incremental build (this asset's, the ledger replay job's): the rollup's
     watermark before the build, or the oldest of `reprocess_days` when earlier."""
     watermark = postgres.max_of(relation_name(manifest, ROLLUP_MODEL), "last_ingested_at")
