@@ -1,4 +1,4 @@
-"""The data lifecycle commands: `partitions`, `archive`, `restore` (docs/lifecycle.md).
+"""The data lifecycle commands: `partitions`, `archive`, `restore` (docs/lifecycle.md), `replay` (docs/replay.md).
 
 The work is in ingest_service/lifecycle/; these parse, print, and with `--json` print one JSON
 object for the Dagster lifecycle job, which runs them as it runs dbt (orchestration/defs/lifecycle/).
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -108,4 +109,73 @@ def restore(day: str) -> int:
     except (ArchiveError, ValueError) as exc:
         print(f"iot-platform restore: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+class _Timestamp(click.ParamType):
+    """An ISO 8601 time; without an offset, UTC."""
+
+    name = "TIME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            self.fail(f"{value!r} is not an ISO 8601 time", param, ctx)
+        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+@click.command(
+    help="decide ledger rows whose current outcome is an error again, with today's record types; their errors "
+    "are superseded, never rewritten"
+)
+@click.option("--reason", "reasons", multiple=True, help="current error reason (repeatable)")
+@click.option("--since", type=_Timestamp(), help="received at or after this time (ISO 8601, UTC by default)")
+@click.option("--until", type=_Timestamp(), help="received before this time")
+@click.option("--device", "device_ids", type=int, multiple=True, help="device id (repeatable)")
+@click.option("--event-type", "event_types", multiple=True, help="event_type the row named (repeatable)")
+@click.option("--dry-run", is_flag=True, help="print what would change, by reason; write nothing")
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, help="rows per batch (one transaction each)")
+@click.option("--resume", type=int, metavar="RUN_ID", help="resume an interrupted replay run")
+@click.option("--requested-by", help="who asked, stored on the run  [default: the login user]")
+@json_option
+def replay(
+    reasons: tuple[str, ...],
+    since: datetime | None,
+    until: datetime | None,
+    device_ids: tuple[int, ...],
+    event_types: tuple[str, ...],
+    dry_run: bool,
+    batch_size: int,
+    resume: int | None,
+    requested_by: str | None,
+    as_json: bool,
+) -> int:
+    import getpass
+
+    from ingest_service.core.database import resolve_target
+    from ingest_service.lifecycle import replay as replaying
+
+    settings = database_settings()
+    selection = replaying.Selection(
+        reasons=reasons, since=since, until=until, device_ids=device_ids, event_types=event_types
+    )
+    try:
+        result = replaying.run(
+            resolve_target(settings).url,
+            settings,
+            selection,
+            requested_by=requested_by or f"{getpass.getuser()} (iot-platform replay)",
+            dry_run=dry_run,
+            batch_size=batch_size,
+            resume=resume,
+            # With --json, stdout is the one JSON object: the progress goes to stderr.
+            out=(lambda line: print(line, file=sys.stderr, flush=True)) if as_json else print,
+        )
+    except replaying.ReplayError as exc:
+        print(f"iot-platform replay: {exc}", file=sys.stderr)
+        return 2
+    _emit(as_json, result.as_dict(), replaying.summary(result))
     return 0

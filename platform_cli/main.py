@@ -28,6 +28,7 @@ COMMANDS: list[click.Command] = [
     lifecycle.partitions,
     lifecycle.archive,
     lifecycle.restore,
+    lifecycle.replay,
 ]
 
 

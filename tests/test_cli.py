@@ -24,6 +24,7 @@ DOCUMENTED = [
     "partitions",
     "archive",
     "restore",
+    "replay",
 ]  # README's command table
 
 

@@ -211,3 +211,14 @@ def split_items(body: bytes, content_type: str | None, max_items: int) -> tuple[
             detail = "an array element is nested too deeply to store on its own; the body is kept whole"
             return False, [BodyItem(None, text, raw, UNPARSED, ("invalid_json", detail))]
     return False, [item]
+
+
+def ledger_item(payload: str | None, body_text: str | None, body_bytes: bytes | None) -> BodyItem:
+    """A ledger row as the item it was (a replay decides it again): its JSON (the jsonb column's
+    text) read back, or its text or bytes parsed as when they arrived."""
+    if payload is not None:
+        return BodyItem(payload, None, None, _loads(payload.encode()))
+    data = body_text.encode() if body_text is not None else body_bytes
+    if data is None:
+        raise ValueError("a ledger row has a payload, a text or bytes")
+    return _item_from_bytes(data)

@@ -75,6 +75,13 @@ WRITE_ITEMS = f"{_WRITTEN} from ingest.write_items({_ITEM_PARAMETERS})"
 # The same, and the delivery keys of the group's requests.
 WRITE_KEYED_ITEMS = f"""{_WRITTEN} from ingest.write_keyed_items({_ITEM_PARAMETERS},
     %b::text[], %b::text[], %b::bytea[], %b::int[], %b::int[], %b::float8)"""
+# A replay's write (migration 0007): the outcomes of ledger rows that exist already, no ledger row.
+REPLAY_ITEMS = """
+select fact_raw_ids, fact_ids, duplicate_raw_ids, duplicate_fact_ids, error_raw_ids, lost_raw_ids
+from ingest.replay_items(%b::bigint, %b::bigint[],
+    %b::int[], %b::bigint[], %b::smallint[], %b::float8[], %b::float8[],
+    %b::int[], %b::text[], %b::text[], %b::text[], %b::bigint[],
+    %b::bigint[])"""
 
 FIND_DEVICES = "select id from ingest.device where id = any(%b::bigint[])"
 
@@ -124,14 +131,15 @@ join unnest(%b::text[], %b::text[]) as k(door, key) using (door, key)
 where d.created_at > statement_timestamp() - make_interval(secs => %b::float8)
 """
 
-# The outcome of each raw row, as answer.recorded() reads it.
+# The outcome of each raw row, as answer.recorded() reads it: its current one (a replay may have
+# superseded its error, migration 0007).
 RECORDED_OUTCOMES = """
 select u.id, p.id, d.processed_record_id, s.device_id, e.reason, e.detail, e.device_id
 from unnest(%b::bigint[]) as u(id)
 left join ingest.processed_record as p on p.raw_record_id = u.id
 left join ingest.raw_duplicate as d on d.raw_record_id = u.id
 left join ingest.device_startup as s on s.raw_record_id = u.id
-left join ingest.ingest_error as e on e.raw_record_id = u.id
+left join ingest.current_ingest_error as e on e.raw_record_id = u.id
 """
 
 # Expired delivery keys and failed startups past the limiter's window: neither is ever read again.
@@ -175,6 +183,18 @@ class Written:
     lost: set[int]  # raw ids of facts neither stored nor found (cannot happen while uq_processed_event holds)
     startup_devices: dict[int, int]  # position -> the device its startup provisioned
     touched: set[int]  # devices written: known to exist once committed
+
+
+@dataclass(slots=True)
+class Replayed:
+    """What a replay's write reports: the plans it wrote from, and what changed, by raw id."""
+
+    plans: list[Plan]  # one per replayed row, in the order given
+    facts: dict[int, int]  # raw id -> the new fact
+    duplicates: dict[int, int]  # raw id -> the fact it repeats
+    errors: set[int]  # raw ids rejected again with another reason (a replay_error row)
+    lost: set[int]  # raw ids of facts neither stored nor found (they keep their error)
+    touched: set[int]  # devices written: known to exist once committed (Writer.seen)
 
 
 @dataclass(slots=True, frozen=True)
@@ -268,6 +288,36 @@ class Writer:
             answers.append(Answer(results[start:end]))
             start = end
         return answers
+
+    def seen(self, device_ids: set[int]) -> None:
+        """Devices known to exist now (a replay's, once its transaction committed)."""
+        now = time.monotonic()
+        for device_id in device_ids:
+            self.devices.touched[device_id] = now
+
+    async def replay(self, conn: Connection, run_id: int, raw_ids: list[int], items: list[BodyItem]) -> Replayed:
+        """Decide ledger rows again with today's rules and write what changed: the same stages as
+        `store()`, but the ledger rows exist (`ingest.replay_items()`, migration 0007). The rows'
+        current outcome must be an error and none may be a device_startup (a startup's token and
+        age are checked at receipt: lifecycle/replay.py selects none)."""
+        checked = check(items, self.rules, time.time())
+        wanted = needs(checked, self.devices.touched)
+        if wanted.serials:
+            raise ValueError("device_startup rows are never replayed")
+        known = await self._read(conn, wanted) if wanted.provisioned_ids else NOTHING_TO_KNOW
+        decision = decide(checked, known, self.rules)
+        outcomes = _Outcomes.of(decision.plans, self.devices)
+        cur = await conn.execute(REPLAY_ITEMS, [run_id, raw_ids, *outcomes.columns()])
+        row = await cur.fetchone()
+        assert row is not None
+        return Replayed(
+            plans=decision.plans,
+            facts=dict(zip(row[0] or (), row[1] or (), strict=True)),
+            duplicates=dict(zip(row[2] or (), row[3] or (), strict=True)),
+            errors=set(row[4] or ()),
+            lost=set(row[5] or ()),
+            touched=outcomes.touch,
+        )
 
     async def _decide_and_write(
         self, conn: Connection, requests: list[Request], items: list[BodyItem], checked: Checked, wanted: Needs

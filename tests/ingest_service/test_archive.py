@@ -170,3 +170,38 @@ def test_a_row_that_arrives_after_the_check_stops_the_drop(
         archive.archive(db, str(tmp_path / "archive"), RETENTION)
     assert _day_partitions(db, OLD) == {f"{t}_p{OLD:%Y%m%d}" for t in TABLES}
     assert len(_rows_of_day(db, OLD)["processed_record"]) == len(old_day["processed_record"]) + 1
+
+
+def test_a_day_holding_a_superseded_error_archives_and_restores(
+    db: psycopg.Connection, old_day: dict[str, list[tuple[Any, ...]]], tmp_path: Path
+) -> None:
+    """Replay's tables are not partitioned: archiving a day leaves its supersession and replay error
+    behind, and after the restore they make the replay's error the row's current outcome again."""
+    raw_id = old_day["ingest_error"][0][0]
+    (run_id,) = db.execute(
+        "insert into ingest.replay_run (requested_by, selection, upto_raw_record_id, status)"
+        " values ('test', '{}', %s, 'finished') returning id",
+        (raw_id,),
+    ).fetchone() or (None,)
+    db.execute(
+        "insert into ingest.replay_error (raw_record_id, replay_run_id, reason, detail)"
+        " values (%s, %s, 'x_reason', 'd')",
+        (raw_id, run_id),
+    )
+    db.execute(
+        "insert into ingest.outcome_supersession (raw_record_id, replay_run_id, superseded_reason, outcome)"
+        " values (%s, %s, 'wrong_type', 'error')",
+        (raw_id, run_id),
+    )
+    current = "select reason, replay_run_id from ingest.current_ingest_error where raw_record_id = %s"
+    assert db.execute(current, (raw_id,)).fetchall() == [("x_reason", run_id)]
+    url = str(tmp_path / "archive")
+
+    (result,) = archive.archive(db, url, RETENTION)
+
+    assert result.action == "archived" and _day_partitions(db, OLD) == set()
+    assert db.execute(current, (raw_id,)).fetchall() == []  # the day's errors are in the archive
+    assert _count(db, "outcome_supersession") == _count(db, "replay_error") == 1  # kept, not archived
+    assert archive.restore(db, url, OLD).action == "restored"
+    assert _rows_of_day(db, OLD) == old_day
+    assert db.execute(current, (raw_id,)).fetchall() == [("x_reason", run_id)]

@@ -1,6 +1,7 @@
 """The ledger accounting (product invariant 2) for the tests and the bench: every raw row has
-exactly one outcome (a fact, a duplicate, a provisioned startup or an ingest_error), and every
-outcome has its raw row.
+exactly one current outcome (a fact, a duplicate, a provisioned startup or an error), and every
+outcome has its raw row. An error a replay superseded stays in its table but is no longer current:
+the errors counted are `ingest.current_ingest_error` (migration 0007), the one rule of "current".
 
 On a built warehouse the rule is dbt's singular test `assert_each_raw_record_has_exactly_one_outcome`
 (a blocking check in Dagster). Tests and the benchmark read the ingest tables right after the API
@@ -22,7 +23,7 @@ with outcomes as (
     union all
     select raw_record_id, 'startup' from ingest.device_startup
     union all
-    select raw_record_id, 'error' from ingest.ingest_error
+    select raw_record_id, 'error' from ingest.current_ingest_error
 ),
 per_raw_row as (
     select raw_record_id, count(*) as outcomes from outcomes group by raw_record_id
@@ -56,7 +57,7 @@ from ingest.raw_record r
 left join ingest.processed_record p on p.raw_record_id = r.id
 left join ingest.raw_duplicate d on d.raw_record_id = r.id
 left join ingest.device_startup s on s.raw_record_id = r.id
-left join ingest.ingest_error e on e.raw_record_id = r.id
+left join ingest.current_ingest_error e on e.raw_record_id = r.id
 where r.id = any(%s)
 """
 

@@ -1,8 +1,10 @@
+-- Current errors only: an error a replay superseded (ingest.outcome_supersession) is history, in
+-- stg_ingest__superseded_outcomes. The rule of "current" is the view's (migration 0007).
 with
 
 source as (
 
-    select * from {{ source('ingest', 'ingest_error') }}
+    select * from {{ source('ingest', 'current_ingest_error') }}
 
 ),
 
@@ -15,7 +17,8 @@ renamed as (
         event_type,
         device_id,
         first_seen_at as errored_at,
-        last_seen_at
+        last_seen_at,
+        replay_run_id
 
     from source
 

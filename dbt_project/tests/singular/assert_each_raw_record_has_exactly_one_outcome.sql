@@ -1,9 +1,10 @@
--- Invariant 2: every raw ledger row ends as exactly one of a fact, a duplicate, a provisioned
--- startup or an ingest_error. A row returned here has none (a silent drop) or several (a
--- double write). Reads the staging views, which only rename the ingest tables (no filter, no
--- join), so the accounting is the tables' own. Its asset is the ledger's staging model: in Dagster
--- a blocking check, so a failure stops the marts and metrics of the run, which would be computed
--- from an incomplete ledger.
+-- Invariant 2: every raw ledger row has exactly one CURRENT outcome: a fact, a duplicate, a
+-- provisioned startup or an error. A row returned here has none (a silent drop) or several (a
+-- double write). Reads the staging views, which only rename the ingest tables, except the errors:
+-- those are the current ones (ingest.current_ingest_error), since a replay supersedes an error
+-- with a fact, a duplicate or another error and keeps the old row (int_superseded_outcomes). Its
+-- asset is the ledger's staging model: in Dagster a blocking check, so a failure stops the marts
+-- and metrics of the run, which would be computed from an incomplete ledger.
 {{ config(meta={'dagster': {'ref': {'name': 'stg_ingest__raw_records'}}}) }}
 
 -- With test_since (the hourly run), only ledger ids from the oldest one received in the window on,

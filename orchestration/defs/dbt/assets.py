@@ -1,6 +1,9 @@
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import dagster as dg
 from dagster_dbt import DbtCliResource, dbt_assets
@@ -49,20 +52,35 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres:
     since = ""
     if not config.full_refresh:
         manifest = get_manifest_and_translator_from_dbt_assets([context.assets_def])[0]
-        watermark = postgres.max_of(relation_name(manifest, ROLLUP_MODEL), "last_ingested_at")
-        since = hourly_test_window(watermark, config.reprocess_days)
+        since = incremental_test_window(postgres, manifest, config.reprocess_days)
     dbt_vars = hourly_dbt_vars(config.reprocess_days)
     args = dbt_build_args(tests=check_tests(context), full_refresh=config.full_refresh, dbt_vars=dbt_vars)
     started = time.perf_counter()
-    # The window goes in the environment, not in --vars: a var that changes every hour would make
-    # dbt re-parse the whole project every hour (macros/test_window.sql). dbt starts inside cli().
-    os.environ[TEST_SINCE_ENV] = since
-    try:
+    with dbt_test_window(since):  # dbt starts inside cli()
         invocation = dbt.cli(args, context=context)
-    finally:
-        del os.environ[TEST_SINCE_ENV]
     events = invocation.stream()
     # Row counts cost a count(*) per table, which follows history: the daily run only.
     yield from (events.fetch_row_counts() if config.full_refresh else events)
     timings = dbt_timings(invocation.get_artifact("run_results.json"), time.perf_counter() - started)
     context.log.info(f"dbt timings: {json.dumps(timings)}")
+
+
+def incremental_test_window(
+    postgres: PostgresResource, manifest: Mapping[str, Any], reprocess_days: Sequence[str]
+) -> str:
+    """DBT_TEST_SINCE of an incremental build (this asset's, the ledger replay job's): the rollup's
+    watermark before the build, or the oldest of `reprocess_days` when earlier."""
+    watermark = postgres.max_of(relation_name(manifest, ROLLUP_MODEL), "last_ingested_at")
+    return hourly_test_window(watermark, reprocess_days)
+
+
+@contextmanager
+def dbt_test_window(since: str) -> Iterator[None]:
+    """DBT_TEST_SINCE set while dbt starts. The window goes in the environment, not in --vars: a var
+    that changes every hour would make dbt re-parse the whole project every hour
+    (macros/test_window.sql)."""
+    os.environ[TEST_SINCE_ENV] = since
+    try:
+        yield
+    finally:
+        del os.environ[TEST_SINCE_ENV]
