@@ -18,3 +18,18 @@
         '-infinity'::timestamptz
     {%- endif -%}
 {% endmacro %}
+
+
+{#
+    The rollup's newest `ingested_at` (fct_readings_hourly's, already built in this run), as a
+    timestamptz literal read at execution time: the models that must count the same facts as the
+    rollup (int_extension_moves_daily, and through it the key figures' all-time side switches) read
+    only the facts ingested by it. '-infinity' when the rollup is empty (no fact counted).
+#}
+{% macro rollup_data_as_of() %}
+    {%- if not execute -%}
+        {{ return("'-infinity'::timestamptz") }}
+    {%- endif -%}
+    {%- set newest = run_query('select max(last_ingested_at) from ' ~ ref('fct_readings_hourly')).columns[0].values()[0] -%}
+    {{ return("'-infinity'::timestamptz" if newest is none else "'" ~ newest ~ "'::timestamptz") }}
+{% endmacro %}

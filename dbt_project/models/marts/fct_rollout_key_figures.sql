@@ -30,6 +30,13 @@ unified as (
 
 ),
 
+-- Per device and observed day, capped at the rollup's watermark as well (see the model).
+extension_days as (
+
+    select * from {{ ref('int_extension_moves_daily') }}
+
+),
+
 watermark as (
 
     select
@@ -99,34 +106,51 @@ error_rates as (
 
 ),
 
-readings as (
+-- All-time side switches: the per-day counts plus the switches across day boundaries (a day's
+-- first non-zero side against the device's previous day's last), from the small per-device-day
+-- table instead of every reading (the same sums as metric_side_switches' incremental path).
+day_boundaries as (
 
-    select unified.*
+    select
+        first_side,
+        lag(last_side) over (partition by device_id order by report_date) as previous_side
 
-    from unified
-    inner join watermark
-        on unified.ingested_at <= watermark.data_as_of
+    from extension_days
+    where first_side is not null
+
+),
+
+all_time as (
+
+    select
+        (select coalesce(sum(left_to_right + right_to_left), 0) from extension_days)
+        + (
+            select count(*) from day_boundaries
+            where
+                (previous_side = -1 and first_side = 1)
+                or (previous_side = 1 and first_side = -1)
+        ) as total_side_switches
 
 ),
 
 last_hour_readings as (
 
-    select readings.*
+    select unified.*
 
-    from readings
+    from unified
     inner join watermark
-        on readings.observed_at >= watermark.data_as_of - interval '1 hour'
+        on
+            unified.observed_at >= watermark.data_as_of - interval '1 hour'
+            and unified.ingested_at <= watermark.data_as_of
 
 ),
-
-{{ side_switch_counts('readings', prefix='all_time_') }},
 
 {{ side_switch_counts('last_hour_readings', prefix='last_hour_') }},
 
 side_switches as (
 
     select
-        (select coalesce(sum(total_side_switches), 0) from all_time_final)::bigint as side_switches_total,
+        (select total_side_switches from all_time)::bigint as side_switches_total,
         (select coalesce(sum(total_side_switches), 0) from last_hour_final)::bigint as side_switches_last_hour
 
 ),
