@@ -12,7 +12,7 @@
         {%- if newest is none -%}
             '-infinity'::timestamptz
         {%- else -%}
-            ('{{ newest }}'::timestamptz - interval '{{ var('rollup_lookback_minutes') }} minutes')
+            {{ minus_minutes_literal(newest, var('rollup_lookback_minutes')) }}
         {%- endif -%}
     {%- else -%}
         '-infinity'::timestamptz

@@ -133,15 +133,17 @@ all_time as (
 
 ),
 
+-- The watermark as a literal (the same value): the planner prunes the facts' partitions to the
+-- last hour's and uses their indexes, where a join with the watermark CTE read every reading.
+{%- set data_as_of = rollup_data_as_of() %}
 last_hour_readings as (
 
-    select unified.*
+    select *
 
     from unified
-    inner join watermark
-        on
-            unified.observed_at >= watermark.data_as_of - interval '1 hour'
-            and unified.ingested_at <= watermark.data_as_of
+    where
+        observed_at >= {{ data_as_of }} - interval '1 hour'
+        and ingested_at <= {{ data_as_of }}
 
 ),
 
