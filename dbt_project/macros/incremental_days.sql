@@ -25,15 +25,15 @@
 
 
 {#
-    `moment` (a datetime or ISO text) minus `minutes`, as one timestamptz literal. Computed here, not
-    as '...'::timestamptz - interval '...' in SQL: that expression is not a constant to the planner
-    (timestamptz arithmetic is only stable), which then guesses a third of the table for
-    `column > it`, scans instead of using the index, and JIT-compiles the query (seconds).
+    `moment` (a datetime or ISO text) minus `minutes`, as a constant timestamptz: the arithmetic is
+    done on the UTC timestamp (immutable), so PostgreSQL folds it while planning. Written as
+    '...'::timestamptz - interval '...', it is not a constant (timestamptz arithmetic is only
+    stable): the planner guesses a third of the table for `column > it`, scans instead of using the
+    index, and JIT-compiles the query (seconds).
 #}
-{% macro minus_minutes_literal(moment, minutes) %}
-    {%- set parsed = modules.datetime.datetime.fromisoformat(moment | string) -%}
-    {{ return("'" ~ (parsed - modules.datetime.timedelta(minutes=minutes | int)).isoformat() ~ "'::timestamptz") }}
-{% endmacro %}
+{% macro minus_minutes_literal(moment, minutes) -%}
+    ((('{{ moment }}'::timestamptz at time zone 'UTC') - interval '{{ minutes | int }} minutes') at time zone 'UTC')
+{%- endmacro %}
 
 
 {# A timestamptz literal: `newest` (a watermark) minus the lookback, or -infinity. #}
@@ -98,19 +98,25 @@
 
 
 {#
-    The start of a UTC day as a timestamptz literal; a compile error for anything but YYYY-MM-DD.
-    A literal, not to_date(...) at time zone 'UTC' (an expression PostgreSQL cannot estimate: it
-    guesses a third of the table and scans all of it instead of the index).
+    The start of UTC day `day` (+ `plus_days`) as a constant timestamptz; anything but YYYY-MM-DD
+    goes through to_date, which refuses it ('yesterday'::date would be accepted). A constant (date arithmetic and `at time
+    zone` on a timestamp are immutable), not to_date(...) at time zone 'UTC' (only stable: the
+    planner guessed a third of the table and scanned all of it instead of using the index).
 #}
-{% macro day_start_literal(day) -%}
-    {%- set parsed = modules.datetime.datetime.strptime(day | string, '%Y-%m-%d') -%}
-    '{{ parsed.strftime('%Y-%m-%d') }} 00:00:00+00'::timestamptz
+{% macro day_start_literal(day, plus_days=0) -%}
+    {%- set text = day | string -%}
+    {%- if text | length == 10 and text[4] == '-' and text[7] == '-' and (text[:4] ~ text[5:7] ~ text[8:]).isdigit() -%}
+        (('{{ text }}'::date + {{ plus_days | int }})::timestamp at time zone 'UTC')
+    {%- else -%}
+        {#- Not YYYY-MM-DD: to_date refuses it when the query runs. -#}
+        (({{ day_sql(text) }} + {{ plus_days | int }})::timestamp at time zone 'UTC')
+    {%- endif -%}
 {%- endmacro %}
 
 
 {#
-    The same as day_in over a timestamptz column, written as ranges of literals so that an index on
-    the column serves it, and the planner sees how few rows it selects (utc_day(column) in (...)
+    The same as day_in over a timestamptz column, written as ranges of constants so that an index on
+    the column serves it and the planner sees how few rows it selects (utc_day(column) in (...)
     would scan everything).
 #}
 {% macro timestamp_in_days(column, days, from_day=none) %}
@@ -119,10 +125,8 @@
         {%- do parts.append(column ~ " >= " ~ day_start_literal(from_day)) -%}
     {%- endif -%}
     {%- for day in days -%}
-        {%- set next_day = (modules.datetime.datetime.strptime(day | string, '%Y-%m-%d')
-            + modules.datetime.timedelta(days=1)).strftime('%Y-%m-%d') -%}
         {%- do parts.append(
-            "(" ~ column ~ " >= " ~ day_start_literal(day) ~ " and " ~ column ~ " < " ~ day_start_literal(next_day) ~ ")"
+            "(" ~ column ~ " >= " ~ day_start_literal(day) ~ " and " ~ column ~ " < " ~ day_start_literal(day, 1) ~ ")"
         ) -%}
     {%- endfor -%}
     ({{ parts | join(' or ') if parts else 'false' }})
