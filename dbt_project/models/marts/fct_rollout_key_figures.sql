@@ -30,12 +30,6 @@ unified as (
 
 ),
 
--- Per device and observed day, capped at the rollup's watermark as well (see the model).
-extension_days as (
-
-    select * from {{ ref('int_extension_moves_daily') }}
-
-),
 
 watermark as (
 
@@ -106,9 +100,25 @@ error_rates as (
 
 ),
 
--- All-time side switches: the per-day counts plus the switches across day boundaries (a day's
--- first non-zero side against the device's previous day's last), from the small per-device-day
--- table instead of every reading (the same sums as metric_side_switches' incremental path).
+{#-
+    All-time side switches, over the readings ingested by the rollup's watermark. When
+    int_extension_moves_daily holds them all (it is built in the same run: the hourly job), from
+    that small per-device-day table; when it lags the rollup (this model built alone), over every
+    reading, as before: a figure from a stale table would not be on the watermark.
+-#}
+{%- set data_as_of = rollup_data_as_of() %}
+{%- set days_current = extension_days_current(data_as_of) %}
+{%- if days_current %}
+
+-- Per device and observed day, capped at the rollup's watermark as well (see the model).
+extension_days as (
+
+    select * from {{ ref('int_extension_moves_daily') }}
+
+),
+
+-- The per-day counts plus the switches across day boundaries (a day's first non-zero side against
+-- the device's previous day's last), as metric_side_switches' incremental path sums them.
 day_boundaries as (
 
     select
@@ -132,10 +142,28 @@ all_time as (
         ) as total_side_switches
 
 ),
+{%- else %}
+
+readings as (
+
+    select *
+    from unified
+    where ingested_at <= {{ data_as_of }}
+
+),
+
+{{ side_switch_counts('readings', prefix='all_time_') }},
+
+all_time as (
+
+    select coalesce(sum(total_side_switches), 0) as total_side_switches
+    from all_time_final
+
+),
+{%- endif %}
 
 -- The watermark as a literal (the same value): the planner prunes the facts' partitions to the
 -- last hour's and uses their indexes, where a join with the watermark CTE read every reading.
-{%- set data_as_of = rollup_data_as_of() %}
 last_hour_readings as (
 
     select *
