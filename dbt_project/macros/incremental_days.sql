@@ -24,12 +24,24 @@
 {% endmacro %}
 
 
-{# A timestamptz literal: `newest` (a watermark, as text) minus the lookback, or -infinity. #}
+{#
+    `moment` (a datetime or ISO text) minus `minutes`, as a constant timestamptz: the arithmetic is
+    done on the UTC timestamp (immutable), so PostgreSQL folds it while planning. Written as
+    '...'::timestamptz - interval '...', it is not a constant (timestamptz arithmetic is only
+    stable): the planner guesses a third of the table for `column > it`, scans instead of using the
+    index, and JIT-compiles the query (seconds).
+#}
+{% macro minus_minutes_literal(moment, minutes) -%}
+    ((('{{ moment }}'::timestamptz at time zone 'UTC') - interval '{{ minutes | int }} minutes') at time zone 'UTC')
+{%- endmacro %}
+
+
+{# A timestamptz literal: `newest` (a watermark) minus the lookback, or -infinity. #}
 {% macro watermark_literal(newest, lookback_minutes=var('rollup_lookback_minutes')) %}
     {%- if newest is none -%}
         '-infinity'::timestamptz
     {%- else -%}
-        ('{{ newest }}'::timestamptz - interval '{{ lookback_minutes }} minutes')
+        {{ minus_minutes_literal(newest, lookback_minutes) }}
     {%- endif -%}
 {% endmacro %}
 
@@ -86,18 +98,35 @@
 
 
 {#
-    The same as day_in over a timestamptz column, written as ranges so that an index on the column
-    serves it (utc_day(column) in (...) would scan everything).
+    The start of UTC day `day` (+ `plus_days`) as a constant timestamptz; anything but YYYY-MM-DD
+    goes through to_date, which refuses it ('yesterday'::date would be accepted). A constant (date arithmetic and `at time
+    zone` on a timestamp are immutable), not to_date(...) at time zone 'UTC' (only stable: the
+    planner guessed a third of the table and scanned all of it instead of using the index).
+#}
+{% macro day_start_literal(day, plus_days=0) -%}
+    {%- set text = day | string -%}
+    {%- if text | length == 10 and text[4] == '-' and text[7] == '-' and (text[:4] ~ text[5:7] ~ text[8:]).isdigit() -%}
+        (('{{ text }}'::date + {{ plus_days | int }})::timestamp at time zone 'UTC')
+    {%- else -%}
+        {#- Not YYYY-MM-DD: to_date refuses it when the query runs. -#}
+        (({{ day_sql(text) }} + {{ plus_days | int }})::timestamp at time zone 'UTC')
+    {%- endif -%}
+{%- endmacro %}
+
+
+{#
+    The same as day_in over a timestamptz column, written as ranges of constants so that an index on
+    the column serves it and the planner sees how few rows it selects (utc_day(column) in (...)
+    would scan everything).
 #}
 {% macro timestamp_in_days(column, days, from_day=none) %}
     {%- set parts = [] -%}
     {%- if from_day is not none -%}
-        {%- do parts.append(column ~ " >= (" ~ day_sql(from_day) ~ "::timestamp at time zone 'UTC')") -%}
+        {%- do parts.append(column ~ " >= " ~ day_start_literal(from_day)) -%}
     {%- endif -%}
     {%- for day in days -%}
         {%- do parts.append(
-            "(" ~ column ~ " >= (" ~ day_sql(day) ~ "::timestamp at time zone 'UTC') and "
-            ~ column ~ " < ((" ~ day_sql(day) ~ " + 1)::timestamp at time zone 'UTC'))"
+            "(" ~ column ~ " >= " ~ day_start_literal(day) ~ " and " ~ column ~ " < " ~ day_start_literal(day, 1) ~ ")"
         ) -%}
     {%- endfor -%}
     ({{ parts | join(' or ') if parts else 'false' }})
@@ -112,10 +141,23 @@
 {% endmacro %}
 
 
-{# Received-day marts (the ledger's): rebuild from the last day they hold (still filling) on. #}
-{% macro received_rebuild_from(day_column) %}
+{#
+    The error-rate mart (rows only for days with errors): rebuild from the last day it holds (still
+    filling) on, or, when it holds none, from the first day with an error (none: nothing to rebuild).
+    One lookup on ingest_parse's (outcome, received_at) index. An empty mart must not mean "from
+    1970": on a ledger without errors that re-read every outcome each hour.
+#}
+{% macro error_rebuild_from(day_column) %}
     {%- set newest = own_max(day_column) -%}
-    {{ return('1970-01-01' if newest is none else newest | string) }}
+    {%- if not execute or not is_incremental() -%}
+        {{ return(none) }}
+    {%- endif -%}
+    {%- set query -%}
+        select ({{ utc_day('min(received_at)') }})::text from {{ ref('ingest_parse') }}
+        where outcome = 'error'
+        {%- if newest is not none %} and received_at >= {{ day_start_literal(newest | string) }}{% endif %}
+    {%- endset -%}
+    {{ return(run_query(query).columns[0].values()[0]) }}
 {% endmacro %}
 
 

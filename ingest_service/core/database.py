@@ -135,6 +135,11 @@ def tool_environment(target: DatabaseTarget, base: dict[str, str] | None = None)
         POSTGRES_DB=parts["dbname"],
         DATABASE_URL=target.url,
     )
+    # No JIT for the tools' sessions (libpq reads PGOPTIONS): the hourly run's queries read a small
+    # window, but where the planner overestimates (a lateral join, a stale histogram) their cost
+    # passes jit_above_cost and compiling took 1-2 s of a query that runs in milliseconds.
+    if "jit=" not in env.get("PGOPTIONS", ""):
+        env["PGOPTIONS"] = f"{env.get('PGOPTIONS', '')} -c jit=off".strip()
     return env
 
 

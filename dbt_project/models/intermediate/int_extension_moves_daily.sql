@@ -5,6 +5,7 @@
     pre_hook="{{ delete_days('report_date', extension_changed_days()) }}",
     indexes=[{'columns': ['device_id', 'report_date'], 'unique': True}, {'columns': ['last_ingested_at']}],
 ) }}
+-- depends_on: {{ ref('fct_readings_hourly') }}
 
 with
 
@@ -19,9 +20,13 @@ readings as (
         {{ utc_day('observed_at') }} as report_date
 
     from {{ ref('int_readings_unified_mm') }}
-    {%- if is_incremental() %}
-    where {{ timestamp_in_days('observed_at', extension_changed_days()) }}
-    {%- endif %}
+    -- Only the facts the rollup has counted (its watermark): the key figures sum these days, and
+    -- all their figures are as of that watermark. Later facts come in on the next run.
+    where
+        ingested_at <= {{ rollup_data_as_of() }}
+        {%- if is_incremental() %}
+        and {{ timestamp_in_days('observed_at', extension_changed_days()) }}
+        {%- endif %}
 
 ),
 

@@ -1,4 +1,4 @@
-{{ config(pre_hook="{{ delete_days('report_date', reprocess_days(), received_rebuild_from('report_date')) }}") }}
+{{ config(pre_hook="{{ delete_days('report_date', reprocess_days(), error_rebuild_from('report_date')) }}") }}
 
 with
 
@@ -6,8 +6,8 @@ outcomes as (
 
     select * from {{ ref('ingest_parse') }}
     {%- if is_incremental() %}
-    -- Whole days: from the last day held (still filling) on, and reprocess_days.
-    where {{ timestamp_in_days('received_at', reprocess_days(), received_rebuild_from('report_date')) }}
+    -- Whole days: from the last day held (still filling) on, and reprocess_days (error_rebuild_from).
+    where {{ timestamp_in_days('received_at', reprocess_days(), error_rebuild_from('report_date')) }}
     {%- endif %}
 
 ),

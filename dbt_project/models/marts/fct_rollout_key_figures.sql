@@ -30,6 +30,7 @@ unified as (
 
 ),
 
+
 watermark as (
 
     select
@@ -99,34 +100,87 @@ error_rates as (
 
 ),
 
-readings as (
+{#-
+    All-time side switches, over the readings ingested by the rollup's watermark. When
+    int_extension_moves_daily holds them all (it is built in the same run: the hourly job), from
+    that small per-device-day table; when it lags the rollup (this model built alone), over every
+    reading, as before: a figure from a stale table would not be on the watermark.
+-#}
+{%- set data_as_of = rollup_data_as_of() %}
+{%- set days_current = extension_days_current(data_as_of) %}
+{%- if days_current %}
 
-    select unified.*
+-- Per device and observed day, capped at the rollup's watermark as well (see the model).
+extension_days as (
 
-    from unified
-    inner join watermark
-        on unified.ingested_at <= watermark.data_as_of
+    select * from {{ ref('int_extension_moves_daily') }}
 
 ),
 
-last_hour_readings as (
+-- The per-day counts plus the switches across day boundaries (a day's first non-zero side against
+-- the device's previous day's last), as metric_side_switches' incremental path sums them.
+day_boundaries as (
 
-    select readings.*
+    select
+        first_side,
+        lag(last_side) over (partition by device_id order by report_date) as previous_side
 
-    from readings
-    inner join watermark
-        on readings.observed_at >= watermark.data_as_of - interval '1 hour'
+    from extension_days
+    where first_side is not null
+
+),
+
+all_time as (
+
+    select
+        (select coalesce(sum(left_to_right + right_to_left), 0) from extension_days)
+        + (
+            select count(*) from day_boundaries
+            where
+                (previous_side = -1 and first_side = 1)
+                or (previous_side = 1 and first_side = -1)
+        ) as total_side_switches
+
+),
+{%- else %}
+
+readings as (
+
+    select *
+    from unified
+    where ingested_at <= {{ data_as_of }}
 
 ),
 
 {{ side_switch_counts('readings', prefix='all_time_') }},
+
+all_time as (
+
+    select coalesce(sum(total_side_switches), 0) as total_side_switches
+    from all_time_final
+
+),
+{%- endif %}
+
+-- The watermark as a literal (the same value): the planner prunes the facts' partitions to the
+-- last hour's and uses their indexes, where a join with the watermark CTE read every reading.
+last_hour_readings as (
+
+    select *
+
+    from unified
+    where
+        observed_at >= {{ data_as_of }} - interval '1 hour'
+        and ingested_at <= {{ data_as_of }}
+
+),
 
 {{ side_switch_counts('last_hour_readings', prefix='last_hour_') }},
 
 side_switches as (
 
     select
-        (select coalesce(sum(total_side_switches), 0) from all_time_final)::bigint as side_switches_total,
+        (select total_side_switches from all_time)::bigint as side_switches_total,
         (select coalesce(sum(total_side_switches), 0) from last_hour_final)::bigint as side_switches_last_hour
 
 ),
