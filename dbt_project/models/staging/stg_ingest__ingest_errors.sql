@@ -1,5 +1,5 @@
 -- Current errors only: an error a replay superseded (ingest.outcome_supersession) is history, in
--- stg_ingest__superseded_outcomes. The rule of "current" is the view's (migration 0007).
+-- int_superseded_outcomes. The rule of "current" is the view's (migration 0007).
 with
 
 source as (
