@@ -6,8 +6,9 @@ here), the decisions (decide.decide), the write, and the answers (answer.py). Th
 chooses how a group is written, from what it needs:
 
 - telemetry and rejected items of known or legacy devices, with or without delivery keys: ONE
-  statement, `ingest.write_items()` (migration 0003), or `ingest.write_keyed_items()` (0005) when a
-  request has a delivery key, which records the keys too. Atomic on its own: autocommit, no
+  statement, `ingest.write_items()` (migration 0003; its duplicate lookup is
+  `ingest.link_duplicates()`, 0008, shared with replay), or `ingest.write_keyed_items()` (0005) when
+  a request has a delivery key, which records the keys too. Atomic on its own: autocommit, no
   BEGIN/COMMIT, one round trip. Array parameters: the statement count does not grow with the group.
 - telemetry for provisioned ids this process has not seen yet: one read before that statement
   (devices are never deleted, so what it found still holds when the statement runs).
