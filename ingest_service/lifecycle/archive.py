@@ -13,15 +13,18 @@
 `restore()` brings a day back: it verifies the files against the manifest, recreates the day's
 partitions and copies the rows in (INSERT is all the ledger allows, and all it needs).
 
-The archive is any fsspec URL: a local folder (the default, DATA_DIR/archive) or s3://bucket/prefix.
+The archive is any fsspec URL: a local folder (the default, DATA_DIR/archive) or s3://bucket/prefix
+(s3fs; an S3-compatible store such as MinIO or Ceph through AWS_ENDPOINT_URL). A failure of the
+store, whatever its backend raises, is an ArchiveError that names the URL: nothing was dropped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -262,7 +265,9 @@ def read_file(archive: Archive, day: date, entry: FileEntry) -> pa.Table:
         raise ArchiveError(f"{path}: SHA-256 {sha} differs from the manifest's {entry.sha256}")
     try:
         with archive.fs.open(path, "rb") as f:
-            table = pq.read_table(io.BytesIO(f.read()))
+            # One thread: Arrow's decoding pool can abort the process at exit (apache/arrow#34314),
+            # which a CLI run that did its work must not turn into a failure.
+            table = pq.read_table(io.BytesIO(f.read()), use_threads=False)
     except (pa.ArrowException, OSError) as exc:
         raise ArchiveError(f"{path}: unreadable Parquet ({exc})") from exc
     digest = hashlib.sha256()
@@ -359,26 +364,40 @@ def archive_day(conn: psycopg.Connection, archive: Archive, day: date, partition
     return DayResult(day, "archived", manifest.files)
 
 
+@contextlib.contextmanager
+def store_errors(archive_url: str) -> Iterator[None]:
+    """The store's failures as ArchiveError: each fsspec backend raises its own kind (OSError,
+    botocore's, aiohttp's), and the caller only needs to know the archive was not reachable."""
+    try:
+        yield
+    except (ArchiveError, psycopg.Error):
+        raise
+    except Exception as exc:
+        raise ArchiveError(f"{archive_url}: the archive store failed ({type(exc).__name__}: {exc})") from exc
+
+
 def archive(
     conn: psycopg.Connection, archive_url: str, retention_days: int | None, on: date | None = None
 ) -> list[DayResult]:
     """Archive every day older than the retention; nothing when the retention is unset."""
     if retention_days is None:
         return []
-    target = Archive(archive_url)
-    return [archive_day(conn, target, day, parts) for day, parts in due_days(conn, retention_days, on).items()]
+    with store_errors(archive_url):
+        target = Archive(archive_url)
+        return [archive_day(conn, target, day, parts) for day, parts in due_days(conn, retention_days, on).items()]
 
 
 def verify_archive(archive_url: str, days: Iterable[date] | None = None) -> list[Manifest]:
     """Every (or the given) archived day's files against its manifest; raises ArchiveError."""
-    target = Archive(archive_url)
-    manifests = []
-    for day in days if days is not None else target.days():
-        manifest = target.read_manifest(day)
-        for entry in manifest.files:
-            read_file(target, day, entry)
-        manifests.append(manifest)
-    return manifests
+    with store_errors(archive_url):
+        target = Archive(archive_url)
+        manifests = []
+        for day in days if days is not None else target.days():
+            manifest = target.read_manifest(day)
+            for entry in manifest.files:
+                read_file(target, day, entry)
+            manifests.append(manifest)
+        return manifests
 
 
 # ---- restore
@@ -386,9 +405,10 @@ def verify_archive(archive_url: str, days: Iterable[date] | None = None) -> list
 
 def restore(conn: psycopg.Connection, archive_url: str, day: date) -> DayResult:
     """Recreate the day's partitions from the archive, row for row; refuses a partition that exists."""
-    target = Archive(archive_url)
-    manifest = target.read_manifest(day)
-    tables = [(entry, read_file(target, day, entry)) for entry in manifest.files]
+    with store_errors(archive_url):
+        target = Archive(archive_url)
+        manifest = target.read_manifest(day)
+        tables = [(entry, read_file(target, day, entry)) for entry in manifest.files]
     existing = {p.name for p in list_partitions(conn)}
     present = sorted(entry.partition for entry, _ in tables if entry.partition in existing)
     if present:
