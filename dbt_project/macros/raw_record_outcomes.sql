@@ -1,9 +1,9 @@
 {#
     One row per raw record and outcome (int_raw_record_outcomes). With `from_raw_id`, only the ledger
     rows from that id on and their outcomes: a literal bound on raw_record_id in every branch, so
-    each reads its raw_record_id index (the incremental ingest_parse). A facts CTE that the
-    duplicates also read is scanned whole, and PostgreSQL does not carry a range on the joined
-    received_at into the union, so the bound must be written into each branch.
+    each reads its raw_record_id index (the incremental ingest_parse), and each duplicate's fact is
+    one probe by its id. PostgreSQL does not carry a range on the joined received_at into the
+    union, so the bound must be written into each branch.
 #}
 {% macro raw_record_outcomes(from_raw_id=none) %}
 
@@ -75,8 +75,21 @@ outcomes as (
         null::text as reason,
         null::text as detail
     from duplicates
+    {%- if from_raw_id is not none %}
+    -- A window's few duplicates each probe the facts' primary key: a join the planner may hash
+    -- would scan every fact (2 s at 10 M facts) for them.
+    left join lateral (
+        select
+            facts.device_id,
+            facts.record_type_id
+        from facts
+        where facts.processed_record_id = duplicates.processed_record_id  -- noqa: RF03
+        offset 0  -- noqa: AM09
+    ) as facts on true
+    {%- else %}
     left join facts
         on duplicates.processed_record_id = facts.processed_record_id
+    {%- endif %}
 
     union all
 

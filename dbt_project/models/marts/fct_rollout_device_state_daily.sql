@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -10,10 +10,10 @@ device_firsts as (
 
     select
         device_id,
-        min({{ utc_day('hour_start') }}) filter (where payload_format = 'legacy') as first_legacy_date,
-        min({{ utc_day('hour_start') }}) filter (where payload_format = 'new') as first_new_date
+        min(report_date) filter (where payload_format = 'legacy') as first_legacy_date,
+        min(report_date) filter (where payload_format = 'new') as first_new_date
 
-    from hourly
+    from daily
     where measure = 'platform_extension'
     group by device_id
 
@@ -22,10 +22,10 @@ device_firsts as (
 reporting_span as (
 
     select
-        min({{ utc_day('hour_start') }}) as first_date,
-        max({{ utc_day('hour_start') }}) as last_date
+        min(report_date) as first_date,
+        max(report_date) as last_date
 
-    from hourly
+    from daily
     where measure = 'platform_extension'
 
 ),

@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -22,7 +22,7 @@ averaged as (
         coalesce(sum(reading_count) filter (where payload_format = 'new'), 0)::bigint as new_readings,
         coalesce(sum(reading_count) filter (where payload_format = 'legacy'), 0)::bigint as legacy_readings
 
-    from hourly
+    from daily
     where measure = 'platform_extension'
     group by device_id
 

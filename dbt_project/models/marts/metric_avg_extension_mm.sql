@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -13,7 +13,7 @@ averaged as (
         (sum(sum_mm) / sum(reading_count))::double precision as avg_extension_mm,
         sum(reading_count)::bigint as reading_count
 
-    from hourly
+    from daily
     where measure = 'platform_extension'
     group by device_id
 

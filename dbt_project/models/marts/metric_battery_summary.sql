@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -16,7 +16,7 @@ summary as (
         sum(reading_count)::bigint as reading_count,
         max(last_observed_at) as last_seen_at
 
-    from hourly
+    from daily
     where measure = 'battery_charge'
     group by device_id
 

@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -14,7 +14,7 @@ counted as (
         sum(reading_count)::bigint as reading_count,
         count(distinct device_id) as device_count
 
-    from hourly
+    from daily
     where measure = 'platform_extension'
     group by 1, 2
 

@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -17,7 +17,7 @@ per_device as (
         min(first_observed_at) filter (where payload_format = 'new') as first_new_at,
         max(last_observed_at) filter (where payload_format = 'new') as last_new_at
 
-    from hourly
+    from daily
     where measure = 'platform_extension'
     group by device_id
 

@@ -1,8 +1,8 @@
 with
 
-hourly as (
+daily as (
 
-    select * from {{ ref('fct_readings_hourly') }}
+    select * from {{ ref('int_readings_daily') }}
 
 ),
 
@@ -15,7 +15,7 @@ summary as (
         (sum(sum_value) / sum(reading_count))::double precision as avg_height_mm,
         sum(reading_count)::bigint as reading_count
 
-    from hourly
+    from daily
     where measure = 'platform_height'
     group by device_id
 

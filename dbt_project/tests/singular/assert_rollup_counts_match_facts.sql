@@ -62,17 +62,25 @@ fact_counts as (
 
 rollup_counts as (
 
+    -- One probe of the rollup's unique index per group, as fact_counts does for the facts: a join
+    -- the planner may hash would read the whole rollup for the window's few groups.
     select
-        hourly.device_id,
-        hourly.record_type_id,
-        hourly.hour_start,
-        hourly.reading_count
-    from {{ ref('fct_readings_hourly') }} as hourly
-    inner join checked_groups
-        on
-            hourly.device_id = checked_groups.device_id
-            and hourly.record_type_id = checked_groups.record_type_id
-            and hourly.hour_start = checked_groups.hour_start
+        checked_groups.device_id,
+        checked_groups.record_type_id,
+        checked_groups.hour_start,
+        group_rollup.reading_count
+    from checked_groups
+    cross join
+        lateral (
+            select hourly.reading_count
+            from {{ ref('fct_readings_hourly') }} as hourly
+            where
+                hourly.device_id = checked_groups.device_id  -- noqa: RF03
+                and hourly.record_type_id = checked_groups.record_type_id
+                and hourly.hour_start = checked_groups.hour_start
+            -- `offset 0` keeps PostgreSQL from flattening the probe into a join.
+            offset 0  -- noqa: AM09
+        ) as group_rollup
 
 )
 
