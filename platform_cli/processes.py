@@ -3,6 +3,7 @@ tests' and benchmarks' servers) is built, started, awaited and stopped here."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import httpx
+import psutil
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -68,12 +70,29 @@ def _signal(proc: subprocess.Popen[Any], signum: int) -> None:
         pass
 
 
+def _group_members(pgid: int) -> list[psutil.Process]:
+    """The live processes of a process group (a zombie is dead: its parent only has to reap it)."""
+    members = []
+    for process in psutil.process_iter():
+        try:
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.append(process)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
 def stop(processes: Iterable[subprocess.Popen[Any]], grace: float = STOP_GRACE_SECONDS) -> None:
     """SIGTERM to every process still running (to its group when it leads one), then SIGKILL to
-    whatever has not exited after `grace` seconds."""
+    whatever has not exited after `grace` seconds. A group is stopped when all of it is: its leader
+    can exit before its members (Dagster's code servers outlive the webserver by a moment)."""
     processes = list(processes)
+    groups = []
     for proc in processes:
         if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(proc.pid) == proc.pid:
+                    groups.append(proc.pid)
             _signal(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for proc in processes:
@@ -82,6 +101,12 @@ def stop(processes: Iterable[subprocess.Popen[Any]], grace: float = STOP_GRACE_S
         except subprocess.TimeoutExpired:
             _signal(proc, signal.SIGKILL)
             proc.wait()
+    for pgid in groups:
+        _, alive = psutil.wait_procs(_group_members(pgid), timeout=max(0.1, deadline - time.monotonic()))
+        for process in alive:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        psutil.wait_procs(alive, timeout=5)
 
 
 def wait_ready(url: str, timeout: float = 60.0, process: subprocess.Popen[Any] | None = None) -> None:
