@@ -2,7 +2,7 @@ with
 
 daily as (
 
-    select * from {{ ref('int_readings_daily') }}
+    select * from {{ ref('fct_readings_daily') }}
 
 ),
 
