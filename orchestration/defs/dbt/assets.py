@@ -11,6 +11,7 @@ from dagster_dbt.asset_utils import get_manifest_and_translator_from_dbt_assets
 
 from orchestration.defs.dbt.project import dbt_project
 from orchestration.lib.dbt.args import check_tests, dbt_build_args, dbt_timings, hourly_dbt_vars, hourly_test_window
+from orchestration.lib.dbt.cli import prune_invocation_folders
 from orchestration.lib.dbt.manifest import relation_name
 from orchestration.lib.dbt.translator import IotDbtTranslator
 from orchestration.lib.postgres import PostgresResource
@@ -63,6 +64,7 @@ def dbt_models(context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres:
     yield from (events.fetch_row_counts() if config.full_refresh else events)
     timings = dbt_timings(invocation.get_artifact("run_results.json"), time.perf_counter() - started)
     context.log.info(f"dbt timings: {json.dumps(timings)}")
+    prune_invocation_folders(invocation.target_path.parent)
 
 
 def incremental_test_window(

@@ -25,6 +25,7 @@ from orchestration.defs.dbt.assets import dbt_test_window, incremental_test_wind
 from orchestration.defs.dbt.project import dbt_project
 from orchestration.defs.lifecycle.assets import LifecycleFailed, run_command
 from orchestration.lib.dbt.args import EXCLUDE_UNIT_TESTS, hourly_dbt_vars
+from orchestration.lib.dbt.cli import prune_invocation_folders
 from orchestration.lib.postgres import PostgresResource
 
 # The staging models over what a replay writes, with `@`: everything downstream of them (marts,
@@ -107,6 +108,7 @@ def rebuild_after_replay(
             args, manifest=dbt_project.manifest_path, dagster_dbt_translator=translator, context=context
         )
     yield from invocation.stream()
+    prune_invocation_folders(invocation.target_path.parent)
 
 
 @dg.job(description="Replay ledger rows whose current outcome is an error, then rebuild the marts they feed.")

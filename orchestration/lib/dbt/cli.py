@@ -12,6 +12,7 @@ orchestration.lib.dbt.cli` to prepare the manifest before Dagster starts.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,11 @@ DBT_PROJECT_DIR = Path(__file__).resolve().parents[3] / "dbt_project"
 DAGSTER_TARGET_PATH = Path("target", "dagster")
 PARTIAL_PARSE = "partial_parse.msgpack"
 MANIFEST = "manifest.json"
+# dagster-dbt gives every invocation a target folder of its own, `<op>-<run id[:7]>-<uuid[:7]>`
+# (its compiled SQL, manifest and run_results.json: a few MB). Two days of hourly runs are kept for
+# a look at a recent run; the older ones would otherwise pile up for ever.
+INVOCATION_FOLDER = re.compile(r"^\w+-[0-9a-f]{7}-[0-9a-f]{7}$")
+INVOCATION_FOLDERS_KEPT = 48
 
 
 def dbt_target() -> str:
@@ -71,6 +77,17 @@ def parse_manifest(
             subprocess.run(command, cwd=project_dir, env=env, check=True)
             for name in (PARTIAL_PARSE, MANIFEST):
                 os.replace(Path(scratch) / name, target_dir / name)
+
+
+def prune_invocation_folders(target_dir: Path, keep: int = INVOCATION_FOLDERS_KEPT) -> list[Path]:
+    """Remove all but the newest `keep` invocation folders under `target_dir`; the removed ones."""
+    if not target_dir.is_dir():
+        return []
+    folders = [p for p in target_dir.iterdir() if p.is_dir() and INVOCATION_FOLDER.match(p.name)]
+    folders.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    for folder in folders[keep:]:
+        shutil.rmtree(folder, ignore_errors=True)
+    return folders[keep:]
 
 
 def prepare(project: DbtProject) -> None:
