@@ -30,6 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """The run's embedded PostgreSQL: held by the controller (or the only process) from here to
     pytest_unconfigure, so it is stopped once, after the last xdist worker, when this run started
     it; also on Ctrl-C, SIGTERM, SIGHUP and failures (tests/utils/embedded.py)."""
+    _heed_interrupts()
     if hasattr(config, "workerinput") or os.environ.get("DATABASE_URL"):
         return
     if config.getoption("collectonly", False) or config.getoption("help", False):
@@ -40,6 +41,19 @@ def pytest_configure(config: pytest.Config) -> None:
     if threading.current_thread() is threading.main_thread():
         for signum in _SHUTDOWN_SIGNALS:
             signal.signal(signum, _interrupt)
+
+
+def _heed_interrupts() -> None:
+    """Every process of the run (controller and workers) starts as from a terminal. A run started in
+    the background of a shell without job control has SIGINT ignored, Dagster's in-process runs then
+    give SIGTERM the same disposition, and every process a later test starts would ignore both: no
+    stop of ours could stop it (`nohup make test &`, a CI step without a terminal)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
