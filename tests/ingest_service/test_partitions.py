@@ -69,7 +69,11 @@ def test_every_ingest_table_is_partitioned_by_day(db: psycopg.Connection) -> Non
             assert f"{table}_p{(today + timedelta(days=ahead)):%Y%m%d}" in names
 
 
-def test_migrate_creates_the_window_and_ensure_only_what_is_missing(db: psycopg.Connection) -> None:
+def test_migrate_creates_the_window_and_ensure_only_what_is_missing(
+    fresh_db: DatabaseTarget, db: psycopg.Connection
+) -> None:
+    # Migrated now, not only when the run's template was (a run can cross midnight UTC in between).
+    migrate.upgrade(fresh_db)
     first, last = partitions.window(None)
     names = {p.name for p in partitions.list_partitions(db)}
     day = first
