@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from ingest_service.core.config import Settings
-from ingest_service.core.database import DatabaseTarget, connection_pool, normalize_url
+from ingest_service.core.database import NO_JIT, DatabaseTarget, connection_pool, normalize_url
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +63,7 @@ def not_built(settings: Settings, what: str) -> AnalyticsUnavailable:
 
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
     timeout_ms = int(settings.analytics_statement_timeout_seconds * 1000)
-    # jit=off: a filter without an index over a big mart passes jit_above_cost, and on a server
-    # built with LLVM the compile costs more than it saves (ingest_parse, 10 M rows, a filter on
-    # reason: 1.4 s with JIT, 0.8 s without), as for dbt's and Dagster's sessions (tool_environment).
-    options = [
-        "-c default_transaction_read_only=on",
-        f"-c statement_timeout={timeout_ms}",
-        "-c jit=off",
-    ]
+    options = ["-c default_transaction_read_only=on", f"-c statement_timeout={timeout_ms}", NO_JIT]
     if settings.analytics_role:
         options.append(f"-c role={settings.analytics_role}")
     return {"options": " ".join(options), "application_name": "ingest_service_analytics", "autocommit": True}
